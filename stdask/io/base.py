@@ -1,0 +1,199 @@
+"""The one small interface every input format implements, and the chunk types it streams.
+
+The ingest pipeline (:mod:`stdask.io.ingest`) knows only this interface (the xarray-backends pattern):
+a format is a :class:`Source` subclass registered with :func:`register_source`.
+
+Two kinds of sources exist:
+
+* ``kind == "records"``: point-level records that still have to be aggregated into observations
+  (Stereo-seq GEM / GEF DNB records). They stream :class:`RecordChunk`; the pipeline bins them
+  (``binN``) or groups them by cell id (cell-bin).
+* ``kind == "obs"``: the observations are known up front (10x MTX + locations, Visium, h5ad,
+  cell-bin GEF). They expose ``obs`` / ``coords`` and stream the non-zero entries of the
+  obs x gene matrix as :class:`EntryChunk` (COO, any order, duplicates summed).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Iterator
+
+import numpy as np
+import pandas as pd
+
+
+class InputError(ValueError):
+    """Malformed input. The message names the file and the line, record or field that is wrong."""
+
+
+@dataclass
+class RecordChunk:
+    """A chunk of DNB-level records.
+
+    Attributes
+    ----------
+    x, y
+        (n,) int64 DNB coordinates.
+    gene
+        (n,) int32 index into :attr:`Source.var` rows.
+    count
+        (n,) uint32 MID counts (> 0).
+    cell
+        (n,) int64 cell ids (0 = not in a cell) or ``None`` when the input has no cell column.
+    exon
+        (n,) uint32 exon counts or ``None``.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    gene: np.ndarray
+    count: np.ndarray
+    cell: np.ndarray | None = None
+    exon: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+@dataclass
+class EntryChunk:
+    """A chunk of non-zero matrix entries (COO).
+
+    Attributes
+    ----------
+    row
+        (n,) int64 index into :attr:`Source.obs` rows.
+    gene
+        (n,) int32 index into :attr:`Source.var` rows.
+    value
+        (n,) uint32 counts, or float32 for non-count matrices (e.g. a normalised h5ad ``X``).
+    layer
+        ``None`` for the main matrix ``X``, else the name of an AnnData layer.
+    """
+
+    row: np.ndarray
+    gene: np.ndarray
+    value: np.ndarray
+    layer: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+
+class Source(ABC):
+    """An input file or folder, opened lazily. Subclasses set ``format_name`` and ``kind``."""
+
+    format_name: ClassVar[str]
+    kind: ClassVar[str]  # "records" or "obs"
+    #: file-name suffixes / markers this format is guessed from (used by :meth:`detect`)
+    suffixes: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, path: str | Path, **options: Any) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"{self.path}: no such file or directory")
+        self.options = options
+
+    @classmethod
+    def detect(cls, path: Path) -> bool:
+        """Whether ``path`` looks like this format (by name; must not read the whole file)."""
+        name = path.name.lower()
+        return any(name.endswith(s) for s in cls.suffixes)
+
+    # --- metadata -------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def var(self) -> pd.DataFrame:
+        """Genes: index = unique gene names (str), optional columns such as ``gene_ids``."""
+
+    @property
+    def unit(self) -> str:
+        """Unit of the coordinates: ``"DNB"``, ``"um"``, ``"pixel"``..."""
+        return "um"
+
+    @property
+    def spot_diameter(self) -> float | None:
+        """Spot / cell diameter in coordinate units, if the format records one."""
+        return None
+
+    @property
+    def uns(self) -> dict:
+        """Extra metadata to keep (e.g. AnnData ``uns['spatial']``); must be AnnData-writable."""
+        return {}
+
+    @property
+    def value_dtype(self) -> np.dtype:
+        """dtype of ``X`` values: uint32 for counts, float32 otherwise."""
+        return np.dtype(np.uint32)
+
+    # --- obs sources ------------------------------------------------------------------------
+    @property
+    def obs(self) -> pd.DataFrame:
+        """Observations (``kind == "obs"`` only): index = unique barcodes (str), extra columns kept."""
+        raise TypeError(f"{self.format_name} streams records, not observations")
+
+    @property
+    def coords(self) -> np.ndarray:
+        """(n_obs, 2) float64 x, y of each observation, in :attr:`unit` (``kind == "obs"`` only)."""
+        raise TypeError(f"{self.format_name} streams records, not observations")
+
+    @property
+    def layers(self) -> dict[str, np.dtype]:
+        """Names and dtypes of extra matrices streamed as :class:`EntryChunk` with ``layer`` set."""
+        return {}
+
+    @property
+    def obsm(self) -> dict[str, np.ndarray]:
+        """Dense per-observation arrays to keep (rows in :attr:`obs` order), except ``spatial``."""
+        return {}
+
+    def iter_entries(self, chunk_size: int = 2_000_000) -> Iterator[EntryChunk]:
+        """Stream the non-zero entries (``kind == "obs"``)."""
+        raise TypeError(f"{self.format_name} streams records, not matrix entries")
+
+    # --- record sources ---------------------------------------------------------------------
+    def iter_records(self, chunk_size: int = 2_000_000) -> Iterator[RecordChunk]:
+        """Stream DNB records (``kind == "records"``)."""
+        raise TypeError(f"{self.format_name} streams matrix entries, not DNB records")
+
+    @property
+    def bounds(self) -> tuple[int, int, int, int] | None:
+        """(xmin, ymin, xmax, ymax) of the DNB records if the file header states them (lets ingest bin in
+        one pass); ``None`` when unknown."""
+        return None
+
+    @property
+    def size_hint(self) -> int | None:
+        """Approximate number of records / entries, for progress bars (``None`` if unknown)."""
+        return None
+
+
+_SOURCES: dict[str, type[Source]] = {}
+
+
+def register_source(cls: type[Source]) -> type[Source]:
+    """Class decorator: make a format known to :func:`open_source` under ``cls.format_name``."""
+    _SOURCES[cls.format_name] = cls
+    return cls
+
+
+def source_formats() -> list[str]:
+    return sorted(_SOURCES)
+
+
+def open_source(path: str | Path, format: str | None = None, **options: Any) -> Source:
+    """Open ``path`` with the named format, or the first registered format whose :meth:`Source.detect` accepts it."""
+    path = Path(path)
+    if format is not None:
+        try:
+            cls = _SOURCES[format]
+        except KeyError:
+            raise ValueError(f"unknown input format {format!r}; known: {', '.join(source_formats())}") from None
+        return cls(path, **options)
+    for cls in _SOURCES.values():
+        if cls.detect(path):
+            return cls(path, **options)
+    raise ValueError(
+        f"{path}: cannot tell the input format from the name; pass --format / format= one of {', '.join(source_formats())}"
+    )

@@ -1,0 +1,289 @@
+"""Streaming ingest: any :class:`~stdask.io.base.Source` into a tiled slice store.
+
+Memory is bounded by the chunk size and the largest tile: records are spilled to disk grouped by tile
+(:mod:`stdask.store.spill`) and the store is written tile by tile (:mod:`stdask.store.writer`), committed
+atomically at the end. A failed or killed ingest leaves no store that opens as valid.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .. import __version__
+from ..progress import progress_bar
+from ..store.spill import ChunkSpill, TileSpill, csr_from_entries
+from ..store.tiling import Tiling, check_coordinates, default_tile_size, sort_order
+from ..store.writer import StoreBuilder
+from .base import InputError, Source, open_source
+
+#: default tile side in bins for square-bin stores (128 x 128 = 16,384 bins per full tile)
+BINS_PER_TILE_SIDE = 128
+MAX_BIN = 200
+
+
+def ingest(
+    input: str | Path | Source,
+    store: str | Path,
+    *,
+    format: str | None = None,
+    bin_size: int | None = None,
+    cellbin: bool = False,
+    tile_size: float | None = None,
+    overwrite: bool = False,
+    chunk_size: int = 2_000_000,
+    spill_dir: str | Path | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> Path:
+    """Ingest an input file or folder into a new store.
+
+    Parameters
+    ----------
+    input
+        Path of the input (GEM, GEF, 10x MTX folder, Visium ``outs/``, h5ad) or an opened Source.
+    store
+        Path of the store to create (``*.zarr``).
+    format
+        Input format name (see :func:`stdask.io.base.source_formats`); guessed from the name if omitted.
+    bin_size
+        For DNB-level inputs (GEM/GEF): square bin side N in DNB (``binN``, 1..200).
+    cellbin
+        For DNB-level inputs with a ``CellID`` column: group records by cell instead of binning.
+    tile_size
+        Tile side in store units; default ~16k bins or ~20k observations per tile.
+    overwrite
+        Replace an existing store.
+    chunk_size
+        Records / entries per streamed chunk (bounds memory).
+    spill_dir
+        Folder for temporary spill files (default: next to the store).
+    progress
+        Show progress bars.
+    **options
+        Passed to the format's Source (e.g. ``pixel_size`` for MTX + cell_locations).
+
+    Returns
+    -------
+    The store path.
+    """
+    store = Path(store)
+    src = input if isinstance(input, Source) else open_source(input, format=format, **options)
+    spill_dir = Path(spill_dir) if spill_dir is not None else store.parent
+    spill_dir.mkdir(parents=True, exist_ok=True)
+    if store.exists() and not overwrite:
+        raise FileExistsError(f"{store} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    prov = {
+        "stdask_version": __version__,
+        "source_format": src.format_name,
+        "source_path": os.path.abspath(str(src.path)),
+    }
+    if src.kind == "records":
+        return _ingest_records(src, store, bin_size, cellbin, tile_size, overwrite, chunk_size, spill_dir,
+                               progress, prov)
+    if bin_size is not None or cellbin:
+        raise ValueError(f"{src.format_name} input has observations already; --bin/--cellbin apply to DNB-level "
+                         "inputs (GEM, GEF) only")
+    return _ingest_obs(src, store, tile_size, overwrite, chunk_size, spill_dir, progress, prov)
+
+
+# ----------------------------------------------------------------------------------------------------
+# observation sources (MTX, Visium, h5ad, cell-bin GEF)
+# ----------------------------------------------------------------------------------------------------
+def _ingest_obs(src: Source, store: Path, tile_size, overwrite, chunk_size, spill_dir, progress, prov) -> Path:
+    obs = src.obs
+    coords = np.asarray(src.coords, dtype=np.float64)
+    n_obs = len(obs)
+    if coords.shape != (n_obs, 2):
+        raise InputError(f"{src.path}: coordinates have shape {coords.shape}, expected ({n_obs}, 2)")
+    if not obs.index.is_unique:
+        dup = obs.index[obs.index.duplicated()][0]
+        raise InputError(f"{src.path}: duplicate barcode {dup!r}; barcodes must be unique")
+    check_coordinates(coords[:, 0], coords[:, 1], f"{src.path}")
+    var = src.var
+    if not var.index.is_unique:
+        dup = var.index[var.index.duplicated()][0]
+        raise InputError(f"{src.path}: duplicate gene name {dup!r}")
+    n_vars = len(var)
+    if tile_size is None:
+        tile_size = default_tile_size(coords[:, 0], coords[:, 1])
+    tiling = Tiling.covering(tile_size, *coords.min(0), *coords.max(0)) if n_obs else Tiling(tile_size, 0, 0, 1, 1)
+    perm = sort_order(tiling, coords[:, 0], coords[:, 1])
+    rank = np.empty(n_obs, dtype=np.int64)
+    rank[perm] = np.arange(n_obs)
+    final_tile = tiling.tile_of(coords[perm, 0], coords[perm, 1])
+    tile_rows = np.bincount(final_tile, minlength=tiling.n_tiles)
+    tile_start = np.concatenate([[0], np.cumsum(tile_rows)])
+    matrices = {"X": src.value_dtype, **src.layers}
+    spills = {name: TileSpill(tiling.n_tiles, ("key", "gene", "value"), spill_dir) for name in matrices}
+    try:
+        bar = progress_bar(total=src.size_hint, desc=f"read {src.path.name}", unit="entries", disable=not progress)
+        for chunk in src.iter_entries(chunk_size):
+            name = chunk.layer or "X"
+            if name not in spills:
+                raise InputError(f"{src.path}: entries for undeclared layer {name!r}")
+            _check_entries(src, chunk.row, chunk.gene, n_obs, n_vars)
+            r = rank[np.asarray(chunk.row, dtype=np.int64)]
+            spills[name].add(final_tile[r], key=r, gene=chunk.gene, value=chunk.value)
+            bar.update(len(chunk))
+        bar.close()
+        with StoreBuilder(store, var, tiling, matrices, overwrite=overwrite) as b:
+            tiles = np.flatnonzero(tile_rows)
+            for t in progress_bar(tiles, desc="write tiles", unit="tile", disable=not progress):
+                r0, n = int(tile_start[t]), int(tile_rows[t])
+                blocks = {}
+                for name, dtype in matrices.items():
+                    e = spills[name].tile(t)
+                    if e["key"] is None:
+                        continue
+                    blocks[name] = csr_from_entries(e["key"] - r0, e["gene"], e["value"], n, n_vars, dtype)
+                b.append_tile(int(t), n, blocks)
+            obsm = {k: np.asarray(v)[perm] for k, v in src.obsm.items()}
+            b.finish(obs.iloc[perm], coords[perm], unit=src.unit, spot_diameter=src.spot_diameter, obsm=obsm,
+                     uns=src.uns, provenance=prov)
+    finally:
+        for s in spills.values():
+            s.close()
+    return store
+
+
+def _check_entries(src: Source, row, gene, n_obs: int, n_vars: int) -> None:
+    if len(row) and (row.min() < 0 or row.max() >= n_obs):
+        raise InputError(f"{src.path}: an entry refers to observation {int(row.max())} of {n_obs}")
+    if len(gene) and (gene.min() < 0 or gene.max() >= n_vars):
+        raise InputError(f"{src.path}: an entry refers to gene {int(gene.max())} of {n_vars}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# DNB record sources (GEM, GEF): square bins or cell bins
+# ----------------------------------------------------------------------------------------------------
+def _ingest_records(src: Source, store: Path, bin_size, cellbin, tile_size, overwrite, chunk_size, spill_dir,
+                    progress, prov) -> Path:
+    if cellbin == (bin_size is not None):
+        raise ValueError(f"{src.path}: DNB-level input needs exactly one of bin_size=N (--bin N, 1..{MAX_BIN}) "
+                         "or cellbin=True (--cellbin)")
+    if bin_size is not None and not (isinstance(bin_size, (int, np.integer)) and 1 <= bin_size <= MAX_BIN):
+        raise ValueError(f"bin_size must be an integer in 1..{MAX_BIN}, got {bin_size!r}")
+    bar = progress_bar(total=src.size_hint, desc=f"read {src.path.name}", unit="records", disable=not progress)
+    raw = ChunkSpill(spill_dir)
+    try:
+        lo = np.array([np.iinfo(np.int64).max] * 2)
+        hi = np.array([np.iinfo(np.int64).min] * 2)
+        cells: pd.DataFrame | None = None
+        n_records = 0
+        has_exon = False
+        dropped = 0
+        for ch in src.iter_records(chunk_size):
+            if len(ch) == 0:
+                continue
+            n_records += len(ch)
+            if cellbin:
+                if ch.cell is None:
+                    raise InputError(f"{src.path}: --cellbin needs a CellID column, and this input has none")
+                keep = ch.cell > 0
+                dropped += int((~keep).sum())
+                sub = pd.DataFrame({"cell": ch.cell[keep], "w": ch.count[keep].astype(np.float64)})
+                sub["wx"] = ch.x[keep] * sub["w"].to_numpy()
+                sub["wy"] = ch.y[keep] * sub["w"].to_numpy()
+                part = sub.groupby("cell").sum()
+                cells = part if cells is None else cells.add(part, fill_value=0.0)
+            lo = np.minimum(lo, [ch.x.min(), ch.y.min()])
+            hi = np.maximum(hi, [ch.x.max(), ch.y.max()])
+            has_exon |= ch.exon is not None
+            raw.add(x=np.asarray(ch.x, np.int64), y=np.asarray(ch.y, np.int64), gene=np.asarray(ch.gene, np.int32),
+                    count=np.asarray(ch.count, np.uint32), cell=ch.cell, exon=ch.exon)
+            bar.update(len(ch))
+        bar.close()
+        if n_records == 0:
+            raise InputError(f"{src.path}: no records")
+        var = src.var
+        n_vars = len(var)
+        matrices = {"X": np.dtype(np.uint32)}
+        if has_exon:
+            matrices["exon"] = np.dtype(np.uint32)
+
+        if cellbin:
+            if cells is None or len(cells) == 0:
+                raise InputError(f"{src.path}: no record belongs to a cell (every CellID is 0 or empty)")
+            cell_ids = cells.index.to_numpy(np.int64)  # sorted by groupby
+            cx = (cells["wx"] / cells["w"]).to_numpy()
+            cy = (cells["wy"] / cells["w"]).to_numpy()
+            tile_size = tile_size or default_tile_size(cx, cy)
+            tiling = Tiling.covering(tile_size, cx.min(), cy.min(), cx.max(), cy.max())
+            cell_tile = tiling.tile_of(cx, cy)
+
+            def locate(chunk):
+                keep = chunk["cell"] > 0
+                idx = np.searchsorted(cell_ids, chunk["cell"][keep])
+                return keep, idx.astype(np.int64), cell_tile[idx]
+
+            def obs_of(keys):
+                return cx[keys], cy[keys], cell_ids[keys].astype(str)
+
+            unit_spot = None
+        else:
+            n = int(bin_size)
+            xmin, ymin = int(lo[0]), int(lo[1])
+            nby = (int(hi[1]) - ymin) // n + 1
+            half = (n - 1) / 2.0
+            tile_size = tile_size or float(n * BINS_PER_TILE_SIDE)
+            tiling = Tiling.covering(tile_size, xmin + half, ymin + half, int(hi[0]), int(hi[1]))
+
+            def centres(key):
+                bx, by = np.divmod(key, nby)
+                return xmin + bx * n + half, ymin + by * n + half
+
+            def locate(chunk):
+                key = ((chunk["x"] - xmin) // n) * nby + (chunk["y"] - ymin) // n
+                return None, key, tiling.tile_of(*centres(key))
+
+            def obs_of(keys):
+                x, y = centres(keys)
+                bx, by = np.divmod(keys, nby)
+                return x, y, np.char.add(np.char.add(f"bin{n}_", bx.astype(str)), np.char.add("_", by.astype(str)))
+
+            unit_spot = float(n)
+
+        fields = ("key", "gene", "value") + (("exon",) if has_exon else ())
+        with TileSpill(tiling.n_tiles, fields, spill_dir) as spill:
+            for chunk in progress_bar(raw, total=len(raw.chunks), desc="bucket by tile", unit="chunk",
+                                      disable=not progress):
+                keep, key, tile = locate(chunk)
+                sel = (lambda a: a) if keep is None else (lambda a: a[keep])
+                arrays = {"key": key, "gene": sel(chunk["gene"]), "value": sel(chunk["count"])}
+                if has_exon:
+                    arrays["exon"] = sel(chunk["exon"]) if "exon" in chunk else np.zeros(len(key), np.uint32)
+                spill.add(tile, **arrays)
+            raw.close()
+            names, xs, ys, cellcol = [], [], [], []
+            with StoreBuilder(store, var, tiling, matrices, overwrite=overwrite) as b:
+                for t in progress_bar(list(spill.nonempty_tiles()), desc="write tiles", unit="tile",
+                                      disable=not progress):
+                    e = spill.tile(t)
+                    ukeys, inv = np.unique(e["key"], return_inverse=True)
+                    x, y, nm = obs_of(ukeys)
+                    _, hk = tiling.order_key(x, y)
+                    order = np.lexsort((ukeys, hk))
+                    rank = np.empty(len(ukeys), np.int64)
+                    rank[order] = np.arange(len(ukeys))
+                    row = rank[inv]
+                    blocks = {"X": csr_from_entries(row, e["gene"], e["value"], len(ukeys), n_vars, np.uint32)}
+                    if has_exon:
+                        blocks["exon"] = csr_from_entries(row, e["gene"], e["exon"], len(ukeys), n_vars, np.uint32)
+                    b.append_tile(int(t), len(ukeys), blocks)
+                    names.append(nm[order]); xs.append(x[order]); ys.append(y[order])
+                    if cellbin:
+                        cellcol.append(cell_ids[ukeys[order]])
+                obs = pd.DataFrame(index=pd.Index(np.concatenate(names).astype(str), name=None))
+                if cellbin:
+                    obs["cell_id"] = np.concatenate(cellcol)
+                coords = np.column_stack([np.concatenate(xs), np.concatenate(ys)]).astype(np.float64)
+                prov.update({"bin_size": int(bin_size) if bin_size else 0, "cellbin": bool(cellbin),
+                             "n_records": int(n_records), "records_outside_cells": int(dropped)})
+                b.finish(obs, coords, unit=src.unit, spot_diameter=unit_spot, uns=src.uns, provenance=prov)
+    finally:
+        raw.close()
+    return store

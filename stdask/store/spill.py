@@ -1,0 +1,136 @@
+"""External bucketing of matrix entries by tile, for inputs larger than memory.
+
+Entries arrive in any order (a GEM file is gene-major; an MTX file is in any order). Each incoming chunk
+is sorted by tile and written to disk as one *run* with a per-tile offset table; afterwards each tile's
+entries are gathered from every run with one slice per run. Memory is bounded by the chunk size and by
+the largest tile, never by the input size.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+
+class TileSpill:
+    """Disk-backed buckets of (key, gene, value...) entries grouped by tile.
+
+    Parameters
+    ----------
+    n_tiles
+        Number of tiles; tile ids are ``0 .. n_tiles-1``.
+    fields
+        Names of the per-entry arrays stored (e.g. ``("key", "gene", "value")``).
+    directory
+        Where runs are written (a fresh temporary folder inside it is used and removed on close).
+    """
+
+    def __init__(self, n_tiles: int, fields: tuple[str, ...], directory: str | Path | None = None) -> None:
+        self.n_tiles = int(n_tiles)
+        self.fields = tuple(fields)
+        self.dir = Path(tempfile.mkdtemp(prefix="stdask-spill-", dir=directory))
+        self.runs: list[tuple[Path, np.ndarray]] = []
+        self.tile_counts = np.zeros(self.n_tiles, dtype=np.int64)
+
+    def add(self, tile: np.ndarray, **arrays: np.ndarray) -> None:
+        """Spill one chunk; ``tile`` is the (n,) tile id of each entry."""
+        if len(tile) == 0:
+            return
+        order = np.argsort(tile, kind="stable")
+        counts = np.bincount(tile, minlength=self.n_tiles)
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        run = self.dir / f"run{len(self.runs):06d}"
+        run.mkdir()
+        for f in self.fields:
+            np.save(run / f"{f}.npy", np.asarray(arrays[f])[order])
+        self.runs.append((run, offsets))
+        self.tile_counts += counts
+
+    def tile(self, t: int) -> dict[str, np.ndarray]:
+        """All entries of tile ``t``, concatenated over runs in arrival order."""
+        parts: dict[str, list[np.ndarray]] = {f: [] for f in self.fields}
+        for run, off in self.runs:
+            a, b = off[t], off[t + 1]
+            if a == b:
+                continue
+            for f in self.fields:
+                parts[f].append(np.load(run / f"{f}.npy", mmap_mode="r")[a:b])
+        out = {}
+        for f in self.fields:
+            out[f] = np.concatenate(parts[f]) if parts[f] else None
+        return out
+
+    def nonempty_tiles(self) -> Iterator[int]:
+        return iter(np.flatnonzero(self.tile_counts).tolist())
+
+    def close(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> "TileSpill":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class ChunkSpill:
+    """Raw chunks kept on disk until a global statistic (bounds, cell centroids) is known."""
+
+    def __init__(self, directory: str | Path | None = None) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="stdask-raw-", dir=directory))
+        self.chunks: list[Path] = []
+
+    def add(self, **arrays: np.ndarray | None) -> None:
+        d = self.dir / f"chunk{len(self.chunks):06d}"
+        d.mkdir()
+        for k, v in arrays.items():
+            if v is not None:
+                np.save(d / f"{k}.npy", v)
+        self.chunks.append(d)
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        for d in self.chunks:
+            yield {p.stem: np.load(p) for p in d.glob("*.npy")}
+
+    def close(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> "ChunkSpill":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def csr_from_entries(row: np.ndarray, col: np.ndarray, value: np.ndarray, n_rows: int, n_cols: int,
+                     dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sum duplicate (row, col) entries and return CSR arrays with sorted column indices.
+
+    Integer values are summed in uint64 and checked against ``dtype``'s range, so an overflow is an
+    error rather than a silent wrap-around.
+    """
+    dtype = np.dtype(dtype)
+    if len(row) == 0:
+        return np.zeros(n_rows + 1, np.int64), np.empty(0, np.int64), np.empty(0, dtype)
+    key = np.asarray(row, dtype=np.int64) * n_cols + np.asarray(col, dtype=np.int64)
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    value = np.asarray(value)[order]
+    first = np.concatenate([[True], key[1:] != key[:-1]])
+    starts = np.flatnonzero(first)
+    if len(starts) == len(key):
+        summed = value
+    elif dtype.kind in "ui":
+        summed = np.add.reduceat(value.astype(np.uint64), starts)
+    else:
+        summed = np.add.reduceat(value.astype(np.float64), starts)
+    if dtype.kind in "ui" and len(summed) and summed.max() > np.iinfo(dtype).max:
+        raise OverflowError(f"a summed count ({int(summed.max())}) exceeds the {dtype} range")
+    ukey = key[starts]
+    rows = ukey // n_cols
+    cols = ukey - rows * n_cols
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n_rows))]).astype(np.int64)
+    return indptr, cols, summed.astype(dtype)
