@@ -26,47 +26,73 @@ class TileSpill:
         Names of the per-entry arrays stored (e.g. ``("key", "gene", "value")``).
     directory
         Where runs are written (a fresh temporary folder inside it is used and removed on close).
+    run_entries
+        Entries buffered in memory before a run is written (bounds memory at ~16 bytes per entry).
     """
 
-    def __init__(self, n_tiles: int, fields: tuple[str, ...], directory: str | Path | None = None) -> None:
+    def __init__(self, n_tiles: int, fields: tuple[str, ...], directory: str | Path | None = None,
+                 run_entries: int = 4_000_000) -> None:
         self.n_tiles = int(n_tiles)
         self.fields = tuple(fields)
         self.dir = Path(tempfile.mkdtemp(prefix="stdask-spill-", dir=directory))
-        self.runs: list[tuple[Path, np.ndarray]] = []
+        self.run_entries = int(run_entries)
+        self.runs: list[tuple[dict[str, np.ndarray], np.ndarray]] = []
         self.tile_counts = np.zeros(self.n_tiles, dtype=np.int64)
+        self._buf: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
+        self._buffered = 0
 
     def add(self, tile: np.ndarray, **arrays: np.ndarray) -> None:
-        """Spill one chunk; ``tile`` is the (n,) tile id of each entry."""
+        """Spill one chunk; ``tile`` is the (n,) tile id of each entry.
+
+        Small chunks are buffered up to ``run_entries`` entries first: every run costs one slice per tile
+        when tiles are gathered, so few large runs keep the gather cheap.
+        """
         if len(tile) == 0:
             return
+        self._buf.append((np.asarray(tile), {f: np.asarray(arrays[f]) for f in self.fields}))
+        self._buffered += len(tile)
+        if self._buffered >= self.run_entries:
+            self._write_run()
+
+    def _write_run(self) -> None:
+        if not self._buf:
+            return
+        tile = np.concatenate([t for t, _ in self._buf])
+        arrays = {f: np.concatenate([a[f] for _, a in self._buf]) for f in self.fields}
+        self._buf, self._buffered = [], 0
         order = np.argsort(tile, kind="stable")
         counts = np.bincount(tile, minlength=self.n_tiles)
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         run = self.dir / f"run{len(self.runs):06d}"
         run.mkdir()
+        maps = {}
         for f in self.fields:
-            np.save(run / f"{f}.npy", np.asarray(arrays[f])[order])
-        self.runs.append((run, offsets))
+            np.save(run / f"{f}.npy", arrays[f][order])
+            maps[f] = np.load(run / f"{f}.npy", mmap_mode="r")
+        self.runs.append((maps, offsets))
         self.tile_counts += counts
 
     def tile(self, t: int) -> dict[str, np.ndarray]:
         """All entries of tile ``t``, concatenated over runs in arrival order."""
+        self._write_run()
         parts: dict[str, list[np.ndarray]] = {f: [] for f in self.fields}
-        for run, off in self.runs:
+        for maps, off in self.runs:
             a, b = off[t], off[t + 1]
             if a == b:
                 continue
             for f in self.fields:
-                parts[f].append(np.load(run / f"{f}.npy", mmap_mode="r")[a:b])
+                parts[f].append(maps[f][a:b])
         out = {}
         for f in self.fields:
             out[f] = np.concatenate(parts[f]) if parts[f] else None
         return out
 
     def nonempty_tiles(self) -> Iterator[int]:
+        self._write_run()
         return iter(np.flatnonzero(self.tile_counts).tolist())
 
     def close(self) -> None:
+        self.runs.clear()  # drop the memory maps before deleting their files
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> "TileSpill":

@@ -1,0 +1,140 @@
+"""The ``stdask`` command line: ingest, info, demo."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from .io.ingest import ingest
+
+    options = {}
+    if args.pixel_size is not None:
+        options["pixel_size"] = args.pixel_size
+    if args.spot_diameter is not None:
+        options["spot_diameter"] = args.spot_diameter
+    if args.scheduler:
+        from .cluster import get_client
+
+        get_client(args.scheduler)
+    path = ingest(args.input, args.store, format=args.format, bin_size=args.bin, cellbin=args.cellbin,
+                  tile_size=args.tile_size, overwrite=args.overwrite, chunk_size=args.chunk_size, **options)
+    print(f"wrote {path}")
+    return 0
+
+
+def store_info(path: str | Path) -> dict:
+    """Summary of a store: shape, nnz, tiles, units and the in-memory size of a few materialisations."""
+    from .dataset import read
+
+    ds = read(path)
+    X = ds.store.table["X"]
+    nnz = int(X["indptr"][-1])
+    rows = np.diff(ds.tile_row_start)
+    occ = rows[rows > 0]
+    data_b = X["data"].dtype.itemsize
+    disk = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    return {
+        "path": str(ds.path),
+        "n_obs": ds.n_obs,
+        "n_vars": ds.n_vars,
+        "nnz": nnz,
+        "density": nnz / max(1, ds.n_obs * ds.n_vars),
+        "matrices": ds.store.matrix_names(),
+        "unit": ds.unit,
+        "spot_diameter": ds.spot_diameter,
+        "tile_size": ds.tiling.tile_size,
+        "tile_grid": (ds.tiling.ny, ds.tiling.nx),
+        "tiles_occupied": int(len(occ)),
+        "rows_per_tile": (int(occ.min()), int(np.median(occ)), int(occ.max())) if len(occ) else (0, 0, 0),
+        "disk_bytes": disk,
+        "csr_in_memory_bytes": nnz * (data_b + 4) + 8 * (ds.n_obs + 1),
+        "dense_float32_bytes": 4 * ds.n_obs * ds.n_vars,
+        "largest_tile_csr_bytes": int(occ.max() * (nnz / max(1, ds.n_obs)) * (data_b + 4)) if len(occ) else 0,
+        "provenance": ds.provenance,
+    }
+
+
+def _human(n: float) -> str:
+    for u in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024:
+            return f"{n:.1f} {u}"
+        n /= 1024
+    return f"{n:.1f} PiB"
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    i = store_info(args.store)
+    print(f"store          {i['path']}")
+    print(f"shape          {i['n_obs']:,} obs x {i['n_vars']:,} vars, nnz {i['nnz']:,} (density {i['density']:.4f})")
+    print(f"matrices       {', '.join(i['matrices'])}")
+    sd = f", spot diameter {i['spot_diameter']:g}" if i["spot_diameter"] else ""
+    print(f"units          {i['unit']}{sd}")
+    print(f"tiles          {i['tiles_occupied']} occupied of {i['tile_grid'][0]} x {i['tile_grid'][1]}, "
+          f"side {i['tile_size']:g} {i['unit']}; rows per tile min/median/max {i['rows_per_tile']}")
+    print(f"on disk        {_human(i['disk_bytes'])}")
+    print(f"memory         whole CSR {_human(i['csr_in_memory_bytes'])}; dense float32 "
+          f"{_human(i['dense_float32_bytes'])}; largest tile {_human(i['largest_tile_csr_bytes'])}")
+    prov = i["provenance"]
+    if prov:
+        print("provenance     " + ", ".join(f"{k}={v}" for k, v in prov.items()))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.outdir, n_obs=args.n_obs, seed=args.seed)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .io.base import source_formats
+    from . import io as _io  # noqa: F401  (registers the readers)
+
+    p = argparse.ArgumentParser(prog="stdask", description="Spatial transcriptomics at any scale.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    pi = sub.add_parser("ingest", help="convert an input (GEM, GEF, MTX, Visium, h5ad) into a tiled store")
+    pi.add_argument("input")
+    pi.add_argument("store")
+    pi.add_argument("--format", choices=source_formats(), help="input format (default: from the file name)")
+    g = pi.add_mutually_exclusive_group()
+    g.add_argument("--bin", type=int, metavar="N", help="square bins of N x N DNB (GEM/GEF), 1..200")
+    g.add_argument("--cellbin", action="store_true", help="group DNB records by CellID (GEM/GEF)")
+    pi.add_argument("--tile-size", type=float, help="tile side in store units (default: ~16-20k obs per tile)")
+    pi.add_argument("--chunk-size", type=int, default=2_000_000, help="records per streamed chunk")
+    pi.add_argument("--pixel-size", type=float, help="um per pixel for cell_locations.tsv (MTX input)")
+    pi.add_argument("--spot-diameter", type=float, help="spot/cell diameter in store units")
+    pi.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    pi.add_argument("--scheduler", help="dask scheduler address (default: embedded)")
+    pi.set_defaults(func=_cmd_ingest)
+
+    pf = sub.add_parser("info", help="summarise a store")
+    pf.add_argument("store")
+    pf.set_defaults(func=_cmd_info)
+
+    pd_ = sub.add_parser("demo", help="synthetic slice -> native files -> ingest -> analyses -> results folder")
+    pd_.add_argument("outdir", nargs="?", default="demo_results")
+    pd_.add_argument("--n-obs", type=int, default=20_000)
+    pd_.add_argument("--seed", type=int, default=0)
+    pd_.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, OSError) as e:
+        # user-facing errors: one clear line, no traceback
+        print(f"stdask {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
