@@ -291,7 +291,10 @@ class SpatialDataset:
                 if "/" in key or key.startswith("."):
                     raise ValueError(f"invalid result key {key!r}")
                 g = sg.require_group(slot) if slot else sg
-                write_elem(g, key, value)
+                if isinstance(value, da.Array):
+                    _write_dask(g, key, value)
+                else:
+                    write_elem(g, key, value)
                 src = scratch / slot / key if slot else scratch / key
                 dst = dst_parent / key
                 dst_parent.mkdir(parents=True, exist_ok=True)
@@ -315,6 +318,10 @@ class SpatialDataset:
 
         adata = ad.read_zarr(str(self.path / TABLE_PATH))
         for (slot, key), value in self._pending.items():
+            if isinstance(value, da.Array):
+                from .cluster import compute
+
+                (value,) = compute(value, progress=False)
             if slot == "obs":
                 adata.obs[key] = np.asarray(value) if not isinstance(value, pd.Series) else value.to_numpy()
             else:
@@ -343,6 +350,35 @@ class SpatialDataset:
         adata.obs["instance_id"] = np.arange(self.n_obs)
         table = TableModel.parse(adata, region="cells", region_key="region", instance_key="instance_id")
         return sd.SpatialData(shapes={"cells": circles}, tables={"table": table})
+
+
+def _write_dask(group: zarr.Group, key: str, arr: da.Array, batch: int = 8) -> None:
+    """Stream a dask array into the store chunk by chunk: CSR chunks become an AnnData ``csr_matrix``
+    element, dense chunks an AnnData ``array``. Only ``batch`` row chunks are in memory at a time."""
+    from .cluster import compute
+    from .store.writer import CsrStreamWriter, compressor
+
+    if arr.ndim != 2 or len(arr.chunks[1]) != 1:
+        arr = arr.rechunk({1: -1}) if arr.ndim == 2 else arr
+    blocks = [arr.blocks[i] for i in range(arr.numblocks[0])]
+    if sp.issparse(arr._meta):
+        w = CsrStreamWriter(group, key, arr.shape[1], arr.dtype)
+        for i in range(0, len(blocks), batch):
+            for b in compute(*blocks[i : i + batch], progress=False):
+                b = sp.csr_matrix(b)
+                b.sort_indices()
+                w.append(b.indptr, b.indices, b.data)
+        w.close()
+        return
+    z = group.create_array(key, shape=arr.shape, dtype=arr.dtype,
+                           chunks=(min(max(arr.chunks[0]), max(1, (1 << 20) // max(1, arr.dtype.itemsize * int(np.prod(arr.shape[1:]))))),) + arr.shape[1:],
+                           compressors=[compressor()])
+    r0 = 0
+    for i in range(0, len(blocks), batch):
+        for b in compute(*blocks[i : i + batch], progress=False):
+            z[r0 : r0 + len(b)] = np.asarray(b)
+            r0 += len(b)
+    z.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
 
 
 def read(path: str | Path, rows_per_chunk: int = ROWS_PER_CHUNK) -> SpatialDataset:

@@ -131,7 +131,11 @@ class CsrStreamWriter:
     def close(self) -> None:
         assert self.data.close() == self.nnz and self.indices.close() == self.nnz
         indptr = np.concatenate(self._indptr)
-        arr = create_1d(self.group, "indptr", np.int64, length=len(indptr))
+        # int32 while it fits, like scipy: anndata hands the arrays to scipy unchecked, and scipy kernels
+        # reject an int64 indptr next to int32 indices
+        ptr_dtype = np.int32 if self.nnz <= np.iinfo(np.int32).max else np.int64
+        indptr = indptr.astype(ptr_dtype)
+        arr = create_1d(self.group, "indptr", ptr_dtype, length=len(indptr))
         arr[:] = indptr
         self.group.attrs.update(
             {"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": [self.n_rows, self.n_vars]}
