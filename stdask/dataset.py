@@ -284,7 +284,7 @@ class SpatialDataset:
                 for k, v in obs_cols.items():
                     obs[k] = np.asarray(v) if not isinstance(v, pd.Series) else v.to_numpy()
                 items.append(("", "obs", obs))
-            from anndata.io import write_elem
+            from .store.writer import write_elem
 
             for slot, key, value in items:
                 dst_parent = table_dir / slot if slot else table_dir

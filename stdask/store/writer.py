@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +147,11 @@ def write_elem(group: zarr.Group, key: str, value: Any) -> None:
     """Write an AnnData element (DataFrame, dict, dense or sparse array) with anndata's registry."""
     from anndata.io import write_elem as _write
 
-    _write(group, key, value)
+    with warnings.catch_warnings():
+        # anndata's small elements (obs columns, uns) are unsharded on purpose; zarr's notice about
+        # future default sharding is noise for users
+        warnings.filterwarnings("ignore", message=".*autosharding.*")
+        _write(group, key, value)
 
 
 class StoreBuilder:
