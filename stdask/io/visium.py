@@ -1,0 +1,332 @@
+"""10x Visium (Space Ranger ``outs/``) reader, and the 10x feature-barcode HDF5 matrix it uses.
+
+Layout read::
+
+    outs/
+      filtered_feature_bc_matrix.h5          (or the filtered_feature_bc_matrix/ MTX folder)
+      spatial/tissue_positions.csv           (Space Ranger >= 2: header) or tissue_positions_list.csv
+      spatial/scalefactors_json.json
+      spatial/tissue_{hires,lowres}_image.png (optional)
+
+Coordinates follow scanpy's ``read_visium``: x = ``pxl_col_in_fullres``, y = ``pxl_row_in_fullres``,
+in full-resolution image pixels.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from stdask.io.base import EntryChunk, InputError, Source, register_source
+from stdask.io.gem import make_unique
+from stdask.io.mtx import TenxMtxMatrix, first_duplicate
+
+__all__ = ["VisiumSource", "TenxH5Matrix", "read_positions"]
+
+_POSITION_COLUMNS = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"]
+_UINT32_MAX = np.iinfo(np.uint32).max
+
+
+def _strings(dset: h5py.Dataset) -> list[str]:
+    return [v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v) for v in dset[()]]
+
+
+class TenxH5Matrix:
+    """A Cell Ranger / Space Ranger feature-barcode matrix HDF5 (``matrix/``, CSC by barcode).
+
+    Parameters
+    ----------
+    path
+        The ``.h5`` file (format of Cell Ranger >= 3: ``matrix/{data, indices, indptr, shape,
+        barcodes, features/{id, name, feature_type}}``).
+    gex_only
+        Keep only ``Gene Expression`` features (scanpy's ``read_10x_h5`` default).
+    """
+
+    def __init__(self, path: Path, *, gex_only: bool = True) -> None:
+        self.path = path
+        try:
+            f = h5py.File(path, "r")
+        except OSError as exc:
+            raise InputError(f"{path}: not a readable HDF5 file ({exc})") from None
+        with f:
+            if "matrix" not in f:
+                raise InputError(f"{path}: no 'matrix' group (only the Cell Ranger >= 3 layout is read); "
+                                 f"top-level keys: {', '.join(f)}")
+            m = f["matrix"]
+            for key in ("data", "indices", "indptr", "shape", "barcodes", "features"):
+                if key not in m:
+                    raise InputError(f"{path}: matrix/{key} is missing")
+            n_features, n_barcodes = (int(v) for v in m["shape"][()])
+            self.barcodes = pd.Index(_strings(m["barcodes"]), dtype=object)
+            feats = m["features"]
+            ids = _strings(feats["id"])
+            names = _strings(feats["name"]) if "name" in feats else ids
+            types = _strings(feats["feature_type"]) if "feature_type" in feats else ["Gene Expression"] * len(ids)
+            if len(ids) != n_features:
+                raise InputError(f"{path}: matrix/features has {len(ids)} features but matrix/shape says {n_features}")
+            if len(self.barcodes) != n_barcodes:
+                raise InputError(f"{path}: matrix/barcodes has {len(self.barcodes)} barcodes but matrix/shape "
+                                 f"says {n_barcodes}")
+            if not self.barcodes.is_unique:
+                raise InputError(f"{path}: matrix/barcodes: barcode {first_duplicate(self.barcodes)!r} appears "
+                                 f"more than once")
+            self.nnz = int(m["data"].shape[0])
+            if m["indices"].shape[0] != self.nnz:
+                raise InputError(f"{path}: matrix/indices has {m['indices'].shape[0]} entries, matrix/data {self.nnz}")
+            # (n_barcodes + 1,) int64: small next to the entries, read whole to plan the ranges
+            self._indptr = m["indptr"][()].astype(np.int64)
+            ip = self._indptr
+            if len(ip) != n_barcodes + 1 or ip[0] != 0 or ip[-1] != self.nnz or (np.diff(ip) < 0).any():
+                raise InputError(f"{path}: matrix/indptr is not a valid CSC pointer over {n_barcodes} barcodes "
+                                 f"and {self.nnz} entries")
+            self.attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+            genome = _strings(feats["genome"]) if "genome" in feats else None
+        self.n_genes = n_features
+        var = pd.DataFrame({"gene_ids": ids, "feature_types": types}, index=make_unique(names))
+        if genome is not None:
+            var["genome"] = genome
+        keep = np.asarray(types, dtype=object) == "Gene Expression" if gex_only else np.ones(len(ids), dtype=bool)
+        if gex_only and not keep.any() and len(ids):
+            raise InputError(f"{path}: no 'Gene Expression' features; pass gex_only=False")
+        self._var = var[keep]
+        self._gene_lut = np.full(len(ids), -1, dtype=np.int32)
+        self._gene_lut[keep] = np.arange(int(keep.sum()), dtype=np.int32)
+        self._all_kept = bool(keep.all())
+
+    @property
+    def library_ids(self) -> list[str]:
+        ids = self.attrs.get("library_ids")
+        if ids is None:
+            return []
+        return [v.decode() if isinstance(v, bytes) else str(v) for v in np.atleast_1d(ids)]
+
+    @property
+    def var(self) -> pd.DataFrame:
+        return self._var.copy()
+
+    def iter_entries(self, chunk_size: int = 2_000_000) -> Iterator[EntryChunk]:
+        """Stream entries by barcode ranges of about ``chunk_size`` entries.
+
+        Yields
+        ------
+        EntryChunk
+            row (n,) int64 barcode index, gene (n,) int32 feature index (after ``gex_only``),
+            value (n,) uint32 > 0.
+        """
+        ip = self._indptr
+        n_bc = len(ip) - 1
+        with h5py.File(self.path, "r") as f:
+            data, indices = f["matrix/data"], f["matrix/indices"]
+            b0 = 0
+            while b0 < n_bc:
+                # last barcode whose entries still fit (at least one barcode per chunk)
+                b1 = int(np.searchsorted(ip, ip[b0] + chunk_size, side="right")) - 1
+                b1 = min(max(b1, b0 + 1), n_bc)
+                a, b = int(ip[b0]), int(ip[b1])
+                if b > a:
+                    value = data[a:b]
+                    gene = indices[a:b].astype(np.int64)
+                    bad = (gene < 0) | (gene >= self.n_genes)
+                    if bad.any():
+                        k = int(np.argmax(bad))
+                        raise InputError(f"{self.path}: matrix/indices[{a + k}] = {gene[k]} is out of range "
+                                         f"0..{self.n_genes - 1}")
+                    if value.dtype.kind == "f":
+                        nonint = ~np.isfinite(value) | (value != np.round(value))
+                        if nonint.any():
+                            k = int(np.argmax(nonint))
+                            raise InputError(f"{self.path}: matrix/data[{a + k}] = {value[k]} is not a whole count")
+                    if value.dtype.kind in "if" and (value < 0).any():
+                        k = int(np.argmax(value < 0))
+                        raise InputError(f"{self.path}: matrix/data[{a + k}] = {value[k]}; counts must be >= 0")
+                    if value.dtype.kind in "iuf" and value.size and value.max() > _UINT32_MAX:
+                        k = int(np.argmax(value > _UINT32_MAX))
+                        raise InputError(f"{self.path}: matrix/data[{a + k}] = {value[k]} exceeds {_UINT32_MAX}")
+                    row = np.repeat(np.arange(b0, b1, dtype=np.int64), np.diff(ip[b0:b1 + 1]))
+                    keep = value > 0
+                    if not self._all_kept:
+                        keep &= self._gene_lut[gene] >= 0
+                    if not keep.all():
+                        row, gene, value = row[keep], gene[keep], value[keep]
+                    if len(row):
+                        yield EntryChunk(row=row, gene=self._gene_lut[gene], value=value.astype(np.uint32))
+                b0 = b1
+
+
+def _outs_folder(path: Path) -> Path:
+    """``path`` itself, or ``path/outs`` when given the Space Ranger run folder."""
+    if not (path / "spatial").is_dir() and (path / "outs" / "spatial").is_dir():
+        return path / "outs"
+    return path
+
+
+def read_positions(spatial: Path, barcodes: pd.Index) -> pd.DataFrame:
+    """Spot positions for the matrix barcodes, in matrix order.
+
+    Returns
+    -------
+    DataFrame indexed like ``barcodes`` with in_tissue, array_row, array_col (int64) and
+    pxl_row_in_fullres, pxl_col_in_fullres (float64).
+    """
+    new, old = spatial / "tissue_positions.csv", spatial / "tissue_positions_list.csv"
+    if new.is_file():
+        path, table = new, pd.read_csv(new, dtype={"barcode": str})
+        missing = [c for c in _POSITION_COLUMNS if c not in table.columns]
+        if missing:
+            raise InputError(f"{path}: no column(s) {', '.join(missing)}; columns found: {', '.join(table.columns)}")
+    elif old.is_file():
+        path, table = old, pd.read_csv(old, header=None, dtype={0: str})
+        if table.shape[1] != 6:
+            raise InputError(f"{path}: {table.shape[1]} columns; expected 6 ({', '.join(_POSITION_COLUMNS)})")
+        table.columns = _POSITION_COLUMNS
+    else:
+        raise InputError(f"{spatial}: no tissue_positions.csv or tissue_positions_list.csv")
+    table = table.set_index("barcode")
+    table.index = pd.Index(table.index.astype(str), dtype=object)
+    if not table.index.is_unique:
+        raise InputError(f"{path}: barcode {first_duplicate(table.index)!r} appears more than once")
+    present = barcodes.isin(table.index)
+    if not present.all():
+        absent = barcodes[~present]
+        raise InputError(f"{path}: {len(absent)} of {len(barcodes)} matrix barcodes have no position, "
+                         f"e.g. {', '.join(map(repr, absent[:5]))}")
+    table = table.loc[barcodes]
+    out = pd.DataFrame(index=barcodes)
+    for col in _POSITION_COLUMNS[1:]:
+        num = pd.to_numeric(table[col], errors="coerce").to_numpy(dtype=np.float64)
+        bad = ~np.isfinite(num)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise InputError(f"{path}: barcode {barcodes[i]!r}: {col} is {table[col].iloc[i]!r}; expected a number "
+                             f"(NaN coordinate)")
+        out[col] = num.astype(np.int64) if col in ("in_tissue", "array_row", "array_col") else num
+    return out
+
+
+@register_source
+class VisiumSource(Source):
+    """10x Visium: a Space Ranger ``outs/`` folder (or the run folder containing it): spots x genes.
+
+    Parameters
+    ----------
+    path
+        The ``outs`` folder (``spatial/`` plus the count matrix).
+    count_file
+        Matrix to read, relative to ``path``: default ``filtered_feature_bc_matrix.h5``, falling back
+        to the ``filtered_feature_bc_matrix/`` MTX folder when the h5 is absent.
+    library_id
+        Key under ``uns['spatial']``; default the h5's ``library_ids`` attribute, else the folder name.
+    gex_only
+        Keep only ``Gene Expression`` features (default True, as scanpy).
+    load_images
+        Read ``spatial/tissue_{hires,lowres}_image.png`` into ``uns['spatial'][library_id]['images']``
+        (float32 RGB in [0, 1], as scanpy) when present (default True).
+
+    Notes
+    -----
+    Coordinates are full-resolution pixels (unit ``"pixel"``): x = ``pxl_col_in_fullres``,
+    y = ``pxl_row_in_fullres``. :attr:`spot_diameter` is ``spot_diameter_fullres``. ``obs`` keeps
+    in_tissue, array_row, array_col; only barcodes of the matrix are kept.
+    """
+
+    format_name = "visium"
+    kind = "obs"
+
+    @classmethod
+    def detect(cls, path: Path) -> bool:
+        if not path.is_dir():
+            return False
+        outs = _outs_folder(path)
+        return (outs / "spatial").is_dir() and (
+            (outs / "filtered_feature_bc_matrix.h5").is_file() or (outs / "filtered_feature_bc_matrix").is_dir()
+            or (outs / "raw_feature_bc_matrix.h5").is_file()
+        )
+
+    def __init__(self, path: str | Path, *, count_file: str = "filtered_feature_bc_matrix.h5",
+                 library_id: str | None = None, gex_only: bool = True, load_images: bool = True) -> None:
+        super().__init__(path, count_file=count_file, library_id=library_id, gex_only=gex_only,
+                         load_images=load_images)
+        outs = _outs_folder(self.path)
+        self._outs = outs
+        spatial = outs / "spatial"
+        if not spatial.is_dir():
+            raise InputError(f"{outs}: no spatial/ folder (tissue positions and scale factors)")
+        target = outs / count_file
+        if target.is_file() and target.suffix == ".h5":
+            self._matrix: TenxH5Matrix | TenxMtxMatrix = TenxH5Matrix(target, gex_only=gex_only)
+        elif target.is_dir():
+            self._matrix = TenxMtxMatrix(target, gex_only=gex_only)
+        elif count_file.endswith(".h5") and (outs / count_file[:-3]).is_dir():
+            self._matrix = TenxMtxMatrix(outs / count_file[:-3], gex_only=gex_only)
+        else:
+            raise InputError(f"{outs}: no {count_file} (nor a {count_file.removesuffix('.h5')}/ MTX folder)")
+        if library_id is None:
+            ids = self._matrix.library_ids if isinstance(self._matrix, TenxH5Matrix) else []
+            library_id = ids[0] if ids else (outs.parent.name if outs.name == "outs" else outs.name)
+        self.library_id = library_id
+        positions = read_positions(spatial, self._matrix.barcodes)
+        self._coords = np.column_stack([positions["pxl_col_in_fullres"].to_numpy(),
+                                        positions["pxl_row_in_fullres"].to_numpy()]).astype(np.float64)
+        self._obs = positions[["in_tissue", "array_row", "array_col"]].copy()
+        sf_path = spatial / "scalefactors_json.json"
+        self._scalefactors: dict[str, float] = {}
+        if sf_path.is_file():
+            try:
+                self._scalefactors = {k: float(v) for k, v in json.loads(sf_path.read_text()).items()
+                                      if isinstance(v, (int, float))}
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{sf_path}: not valid JSON ({exc})") from None
+        self._images: dict[str, np.ndarray] = {}
+        if load_images:
+            for quality in ("hires", "lowres"):
+                img = spatial / f"tissue_{quality}_image.png"
+                if img.is_file():
+                    from matplotlib.image import imread
+
+                    self._images[quality] = np.asarray(imread(img), dtype=np.float32)
+
+    @property
+    def unit(self) -> str:
+        return "pixel"
+
+    @property
+    def spot_diameter(self) -> float | None:
+        """``spot_diameter_fullres`` (full-resolution pixels), if the scale factors give it."""
+        return self._scalefactors.get("spot_diameter_fullres")
+
+    @property
+    def var(self) -> pd.DataFrame:
+        return self._matrix.var
+
+    @property
+    def obs(self) -> pd.DataFrame:
+        return self._obs.copy()
+
+    @property
+    def coords(self) -> np.ndarray:
+        """(n_spots, 2) float64 x = pxl_col_in_fullres, y = pxl_row_in_fullres (pixels)."""
+        return self._coords.copy()
+
+    @property
+    def uns(self) -> dict:
+        lib: dict[str, Any] = {"images": dict(self._images), "scalefactors": dict(self._scalefactors),
+                               "use_quality": "hires"}
+        if isinstance(self._matrix, TenxH5Matrix):
+            meta = {k: str(self._matrix.attrs[k]) for k in ("chemistry_description", "software_version")
+                    if k in self._matrix.attrs}
+            if meta:
+                lib["metadata"] = meta
+        return {"spatial": {self.library_id: lib}}
+
+    @property
+    def size_hint(self) -> int | None:
+        return self._matrix.nnz
+
+    def iter_entries(self, chunk_size: int = 2_000_000) -> Iterator[EntryChunk]:
+        """Stream (spot, gene, count) entries by barcode ranges."""
+        return self._matrix.iter_entries(chunk_size)
