@@ -200,3 +200,38 @@ def test_cli_ingest_info_and_errors(stereo, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "bad.gem" in err and str(hdr + 4) in err
     assert not (tmp_path / "bad.zarr").exists()
+
+
+def no_store_left(tmp_path, name):
+    return not (tmp_path / name).exists() and not [p for p in tmp_path.iterdir() if "stdask-tmp" in p.name]
+
+
+def test_malformed_inputs_write_nothing(cells, stereo, tmp_path):
+    from stdask.io.base import InputError
+
+    gem = tmp_path / "t.gem.gz"
+    write_gem(stereo, gem)
+    data = gem.read_bytes()
+    gem.write_bytes(data[: len(data) * 2 // 3])  # a truncated download
+    with pytest.raises(InputError, match=r"t\.gem\.gz: truncated or corrupt gzip"):
+        stdask.ingest(gem, tmp_path / "t.zarr", bin_size=20, progress=False, chunk_size=20_000)
+    assert no_store_left(tmp_path, "t.zarr")
+
+    d = tmp_path / "mtx"
+    write_mtx(cells, d)
+    loc = pd.read_csv(d / "cell_locations.tsv", sep="\t", index_col=0)
+    loc.iloc[5, 0] = np.nan
+    loc.to_csv(d / "cell_locations.tsv", sep="\t")
+    with pytest.raises(InputError, match=r"cell_locations\.tsv: barcode '.*'.*NaN"):
+        stdask.ingest(d, tmp_path / "m.zarr", progress=False)
+    assert no_store_left(tmp_path, "m.zarr")
+
+    d2 = tmp_path / "mtx2"
+    write_mtx(cells, d2)
+    import gzip
+
+    lines = gzip.decompress((d2 / "features.tsv.gz").read_bytes()).decode().splitlines()
+    (d2 / "features.tsv.gz").write_bytes(gzip.compress(("\n".join(lines[:-1]) + "\n").encode()))
+    with pytest.raises(InputError, match=r"features\.tsv\.gz: .* features, but matrix\.mtx\.gz"):
+        stdask.ingest(d2, tmp_path / "m2.zarr", progress=False)
+    assert no_store_left(tmp_path, "m2.zarr")
