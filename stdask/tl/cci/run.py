@@ -1,0 +1,380 @@
+"""``stdask.tl.cci.run``: stLearn's LR hotspot analysis, tile by tile.
+
+Two passes over the tiles (each tile with a halo of the neighbourhood radius):
+
+1. neighbour means of the LR genes, observed scores of every database pair present, and each gene's
+   non-zero values (for the expression quantiles);
+2. after the valid pairs, matched genes and random pairs are fixed globally: observed scores of the valid
+   pairs, background exceedance counts at the tested spots only (a |S| x n_pairs score matrix is never
+   kept), p-values and the per-spot BH correction, which needs only the spot's own LRs and so stays inside
+   the tile.
+
+Random pairs come from streams keyed by (seed, LR name) and every per-tile computation is independent of
+the tiling, so results are identical for any tile size and any number of workers.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import dask
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from ...dataset import SpatialDataset, Tile
+from ...tilemap import map_tiles
+from .correction import adjust_grouped
+from .database import LRPairs, as_pairs
+from .features import QUANTILES, column_quantiles, lr_features, matched_genes, nonzero_median
+from .kernels import background_counts, pair_scores
+from .neighbourhood import neighbour_means, neighbour_means_sparse, tile_neighbourhood
+from .pairs import random_pairs
+from .result import CCIResult
+
+REFERENCE = "stLearn 1.2.2"
+DEVIATIONS = ("Q1", "Q2", "Q3", "Q7", "Q8", "Q9", "Q13", "Q15", "Q16", "Q17", "Q18", "Q20", "Q21")
+_ROW_BLOCK = 4096
+
+
+def resolve_distance(ds: SpatialDataset, distance: float | None) -> float:
+    """The neighbourhood radius in store units (``None`` -> 2 x spot diameter; 0 -> within-spot)."""
+    if distance is None:
+        if ds.spot_diameter is None:
+            raise ValueError(
+                f"{ds.path}: no spot diameter is recorded, so distance=None (2 x spot diameter) is undefined; "
+                f"pass distance= in store units ({ds.unit}), e.g. about 1.5 x the spacing of neighbouring "
+                "cells or bins, or distance=0 for within-spot mode")
+        return 2.0 * float(ds.spot_diameter)
+    distance = float(distance)
+    if not np.isfinite(distance) or distance < 0:
+        raise ValueError(f"distance must be None, 0 (within-spot) or a positive radius, got {distance!r}")
+    return distance
+
+
+def _tile_matrix(tile: Tile) -> sp.csc_matrix:
+    X = tile.X
+    return sp.csc_matrix(X, dtype=np.float64 if X.dtype.kind in "ui" else X.dtype)
+
+
+def _pass1(tile: Tile, *, radius: float, genes: np.ndarray, lcol: np.ndarray, rcol: np.ndarray, min_expr: float,
+           order_of: Mapping | None, n_vars: int) -> dict:
+    """Observed scores of all candidate pairs at the tile's own rows, and the own rows' non-zeros by gene."""
+    nb = tile_neighbourhood(tile, radius, order_of=order_of)
+    X = _tile_matrix(tile)
+    Xg = X[:, genes]
+    own = X[: tile.n_own]
+    own.eliminate_zeros()
+    rows, pair, score = [], [], []
+    for a in range(0, tile.n_own, _ROW_BLOCK):
+        b = min(a + _ROW_BLOCK, tile.n_own)
+        blk = np.arange(a, b)
+        x = np.asarray(Xg[a:b].toarray(), dtype=np.float64)
+        m = neighbour_means(nb, Xg, blk)
+        s = pair_scores(x, m, lcol, rcol, float(min_expr))
+        i, j = np.nonzero(s > 0)
+        rows.append(i + a)
+        pair.append(j)
+        score.append(s[i, j])
+    return {"rows": tile.rows[np.concatenate(rows)] if rows else np.empty(0, np.int64),
+            "pair": np.concatenate(pair) if pair else np.empty(0, np.int64),
+            "score": np.concatenate(score) if score else np.empty(0),
+            "csc_indptr": own.indptr.astype(np.int64), "csc_data": own.data,
+            "min_value": float(own.data.min()) if own.nnz else 0.0}
+
+
+def _pass2(tile: Tile, *, radius: float, genes: np.ndarray, lcol: np.ndarray, rcol: np.ndarray, min_expr: float,
+           order_of: Mapping | None, pl: np.ndarray, pr: np.ndarray, n_pairs: int, adj_method: str) -> dict:
+    """Observed scores of the valid pairs, background exceedance counts and per-spot adjusted p-values."""
+    nb = tile_neighbourhood(tile, radius, order_of=order_of)
+    X = sp.csr_matrix(_tile_matrix(tile), dtype=np.float64)
+    means = neighbour_means_sparse(nb, X)
+    x_own = X[: tile.n_own]
+    x_own.sort_indices()
+    rows, pair, score = [], [], []
+    for a in range(0, tile.n_own, _ROW_BLOCK):
+        b = min(a + _ROW_BLOCK, tile.n_own)
+        s = pair_scores(np.asarray(x_own[a:b][:, genes].toarray()), np.asarray(means[a:b][:, genes].toarray()),
+                        lcol, rcol, float(min_expr))
+        i, j = np.nonzero(s > 0)  # row-major: entries come grouped by row
+        rows.append(i + a)
+        pair.append(j)
+        score.append(s[i, j])
+    rows = np.concatenate(rows) if rows else np.empty(0, np.int64)
+    pair = np.concatenate(pair) if pair else np.empty(0, np.int64)
+    score = np.concatenate(score) if score else np.empty(0)
+    t_ptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=tile.n_own))]).astype(np.int64)
+    counts = background_counts(x_own.indptr.astype(np.int64), x_own.indices.astype(np.int64), x_own.data,
+                               means.indptr.astype(np.int64), means.indices.astype(np.int64), means.data,
+                               X.shape[1], t_ptr, pair.astype(np.int64), score, pl, pr, float(min_expr))
+    p = np.maximum(counts, 1) / float(n_pairs)
+    padj = adjust_grouped(p, rows, adj_method)
+    return {"rows": tile.rows[rows], "pair": pair, "score": score, "count": counts, "padj": padj}
+
+
+@dataclass
+class _Prepared:
+    pairs: LRPairs
+    lcol: np.ndarray
+    rcol: np.ndarray
+    genes: np.ndarray  # var indices of the LR genes, in column order of lcol/rcol
+    extra: dict = field(default_factory=dict)
+
+
+def _prepare_pairs(ds: SpatialDataset, pairs: LRPairs) -> _Prepared:
+    var = pd.Index(ds.var_names)
+    li = var.get_indexer(pairs.ligand)
+    ri = var.get_indexer(pairs.receptor)
+    keep = (li >= 0) & (ri >= 0)
+    if not keep.any():
+        raise ValueError("none of the LR pairs has both genes in var_names (matching is exact and case-sensitive; "
+                         "for mouse data load the database with species='mouse')")
+    pairs = LRPairs(pairs.ligand[keep], pairs.receptor[keep])
+    li, ri = li[keep], ri[keep]
+    genes = np.unique(np.concatenate([li, ri]))
+    pos = {g: k for k, g in enumerate(genes)}
+    return _Prepared(pairs, np.array([pos[g] for g in li]), np.array([pos[g] for g in ri]), genes)
+
+
+def _order_map(ds: SpatialDataset, neighbour_order) -> dict[int, np.ndarray] | None:
+    """Exact-parity mode: obs name -> ordered neighbour names, as global rows."""
+    if neighbour_order is None:
+        return None
+    idx = pd.Index(ds.obs_names)
+    out = {}
+    for name, nbrs in dict(neighbour_order).items():
+        r = idx.get_indexer([name])[0]
+        nb = idx.get_indexer(list(nbrs))
+        if r < 0 or (nb < 0).any():
+            raise ValueError(f"neighbour_order refers to observations not in the dataset (at {name!r})")
+        out[int(r)] = nb.astype(np.int64)
+    return out
+
+
+def run(
+    ds: SpatialDataset,
+    lrs,
+    min_spots: int = 10,
+    distance: float | None = None,
+    n_pairs: int = 1000,
+    min_expr: float = 0.0,
+    use_label: str | None = None,
+    adj_method: str = "fdr_bh",
+    pval_adj_cutoff: float = 0.05,
+    seed: int = 0,
+    layer: str = "X",
+    background_pairs: Mapping[str, Any] | None = None,
+    neighbour_order: Mapping[str, Any] | None = None,
+    allow_negative: bool = False,
+    neg_binom: bool = False,
+    n_cpus: int | None = None,
+    save_bg: bool = False,
+    rows_per_task: int | None = None,
+    scheduler=None,
+    progress: bool = True,
+    verbose: bool = True,
+    write: bool = False,
+) -> CCIResult:
+    """LR hotspot analysis as in stLearn ``st.tl.cci.run`` (per-spot backgrounds, per-spot BH).
+
+    Parameters
+    ----------
+    ds
+        The dataset; expression from matrix ``layer`` (stLearn's tutorial uses ``normalize_total`` output,
+        no log1p). Values must be >= 0.
+    lrs
+        Pairs from :func:`load_lrs` (or ``L_R`` strings). Pairs with a gene missing from ``var_names`` are
+        dropped.
+    min_spots
+        A pair is valid when more than ``min_spots`` observations have a score > 0 (strict).
+    distance
+        Neighbourhood radius in store units (inclusive, self excluded); ``None`` = 2 x the recorded spot
+        diameter (stLearn's default); ``0`` = within-spot mode.
+    n_pairs
+        Random background pairs per LR (>= 100; the tutorial recommends ~10,000).
+    min_expr
+        m in the score's expression indicators.
+    use_label
+        Accepted for compatibility; the heterogeneity weight is 1 as in stLearn in practice (Q8).
+    adj_method, pval_adj_cutoff
+        statsmodels method for the per-spot correction (``fdr_bh`` native) and the significance cutoff.
+    seed
+        Keys the random streams: the same seed gives the same result on any cluster and tiling.
+    layer
+        Matrix to analyse.
+    background_pairs
+        Replay recorded backgrounds: ``{"L_R": (n_pairs, 2) array of gene names (ligand side, receptor
+        side)}`` for every valid pair (exact parity with a recorded stLearn run).
+    neighbour_order
+        Test-only exact mode (Q7): ``{obs_name: [neighbour names in stLearn's order]}``; neighbour sums are
+        then accumulated in the matrix dtype in that order, as stLearn does.
+    allow_negative
+        Accept negative values (the method assumes non-negative expression; Q16).
+    neg_binom, n_cpus, save_bg
+        stLearn arguments: ``neg_binom=True`` is not implemented and raises; ``n_cpus`` is ignored (the dask
+        cluster sets the parallelism); ``save_bg`` is not supported (backgrounds are never materialised).
+    rows_per_task, scheduler, progress
+        Work splitting and where it runs (:mod:`stdask.cluster`).
+    verbose
+        Print stLearn's neighbour and valid-pair messages.
+    write
+        Also store the results into ``ds`` (pending until ``ds.write()``).
+
+    Returns
+    -------
+    :class:`CCIResult` with ``lr_summary`` (n_spots, n_spots_sig using adjusted p-values, n_spots_sig_pval
+    using raw p-values, both against ``pval_adj_cutoff``), ``lrfeatures`` and the per-cell matrices
+    (observations x valid LRs, in ``lr_summary`` order) stored sparse over the tested entries.
+
+    Differences from stLearn 1.2.2
+    ------------------------------
+    Q1 stable ordering (n_spots_sig desc, then name); Q2 matched-gene ties by var position; Q3 seeded
+    counter-based streams; Q7 float64 neighbour sums in ascending index order (exact float32 mode via
+    ``neighbour_order``); Q8 h = 1; Q13 int64 summary; Q16 negative values raise; Q17/Q18 impossible
+    backgrounds and empty results raise; Q20 hash-set duplicate check; Q21 stable lrfeatures ranks.
+    """
+    t_start = time.perf_counter()
+    if neg_binom:
+        raise NotImplementedError("neg_binom=True (negative-binomial p-values) is outside stdask's scope; "
+                                  "use the empirical background (neg_binom=False)")
+    if save_bg:
+        raise ValueError("save_bg=True is not supported: stdask never materialises the background score matrix")
+    if n_pairs < 100:
+        raise ValueError(f"n_pairs={n_pairs} is too small for a per-spot background; use >= 100 (stLearn "
+                         "recommends ~1,000-10,000)")
+    if layer not in ds.store.matrix_names():
+        raise ValueError(f"no stored matrix {layer!r} in {ds.path} (have {ds.store.matrix_names()}); "
+                         "write pending layers first with ds.write()")
+    radius = resolve_distance(ds, distance)
+    prep = _prepare_pairs(ds, as_pairs(lrs))
+    order_of = _order_map(ds, neighbour_order)
+    n_obs, n_vars = ds.n_obs, ds.n_vars
+    if verbose and radius > 0:
+        _print_neighbour_summary(ds, radius, order_of)
+
+    # ---- pass 1: observed scores of every present pair, gene non-zeros -------------------------------------
+    res1 = map_tiles(ds, _pass1, halo=radius, layer=layer, rows_per_task=rows_per_task, scheduler=scheduler,
+                     progress=progress, desc="cci: observed scores", radius=radius, genes=prep.genes,
+                     lcol=prep.lcol, rcol=prep.rcol, min_expr=min_expr, order_of=order_of, n_vars=n_vars)
+    parts = [r for _, r in res1]
+    min_value = min((p["min_value"] for p in parts), default=0.0)
+    if min_value < 0 and not allow_negative:
+        raise ValueError(f"matrix {layer!r} has negative values (min {min_value:g}); the LR score assumes "
+                         "non-negative expression (e.g. normalize_total output without scaling). Pass "
+                         "allow_negative=True to run anyway")
+    pair1 = np.concatenate([p["pair"] for p in parts])
+    n_pos = np.bincount(pair1, minlength=len(prep.pairs))
+    valid = np.flatnonzero(n_pos > min_spots)
+    if verbose:
+        print(f"Altogether {len(valid)} valid L-R pairs")
+    if len(valid) == 0:
+        raise ValueError(f"no valid L-R pairs: no pair has a score > 0 in more than min_spots={min_spots} "
+                         "observations; lower min_spots or check that the LR genes are expressed")
+
+    # gene non-zeros (all tiles), grouped by gene
+    data = np.concatenate([p["csc_data"] for p in parts])
+    gene_of = np.concatenate([np.repeat(np.arange(n_vars), np.diff(p["csc_indptr"])) for p in parts])
+    by_gene = np.argsort(gene_of, kind="stable")
+    data, gene_of = data[by_gene], gene_of[by_gene]
+    gptr = np.searchsorted(gene_of, np.arange(n_vars + 1))
+    nz = lambda g: data[gptr[g]:gptr[g + 1]]  # noqa: E731
+
+    vpairs = LRPairs(prep.pairs.ligand[valid], prep.pairs.receptor[valid])
+    var = pd.Index(ds.var_names)
+    vl = var.get_indexer(vpairs.ligand)
+    vr = var.get_indexer(vpairs.receptor)
+    lr_genes = np.unique(np.concatenate([vl, vr]))
+    n_genes = int(round(2 * np.sqrt(n_pairs)))
+    candidates = np.setdiff1d(np.arange(n_vars), lr_genes)
+    if len(candidates) < n_genes:
+        raise ValueError(f"only {len(candidates)} genes outside the valid LR pairs, but {n_genes} background genes "
+                         f"per LR gene are needed for n_pairs={n_pairs}; the background needs non-LR genes")
+    gq = {}
+    for g, q in zip(lr_genes, column_quantiles([nz(g) for g in lr_genes], n_obs).T):
+        gq[int(g)] = q
+    cand_q = column_quantiles([nz(g) for g in candidates], n_obs).astype(np.float32)
+    lq = np.array([gq[int(g)] for g in vl])
+    rq = np.array([gq[int(g)] for g in vr])
+    nzmed = {int(g): m for g, m in zip(lr_genes, nonzero_median([nz(g) for g in lr_genes]))}
+    zero = {int(g): 1.0 - len(nz(g)) / n_obs for g in lr_genes}
+    names = vpairs.names
+    feats = lr_features(lq, rq, np.array([nzmed[int(g)] for g in vl]), np.array([nzmed[int(g)] for g in vr]),
+                        np.array([zero[int(g)] for g in vl]), np.array([zero[int(g)] for g in vr]), names)
+
+    # ---- matched genes and background pairs -----------------------------------------------------------------
+    matched: dict[int, np.ndarray] = {}
+    short = []
+    for g in np.unique(np.concatenate([vl, vr])):
+        idx, few = matched_genes(gq[int(g)].astype(np.float32), cand_q, n_genes)
+        matched[int(g)] = candidates[idx]
+        if few:
+            short.append(var[g])
+    if short:
+        warnings.warn(f"fewer than {n_genes} matched background genes for {len(short)} gene(s) (e.g. {short[:3]}); "
+                      "using those available", stacklevel=2)
+    pl = np.empty((len(names), n_pairs), dtype=np.int64)
+    pr = np.empty((len(names), n_pairs), dtype=np.int64)
+    drawn = {}
+    for j, name in enumerate(names):
+        if background_pairs is not None:
+            if name not in background_pairs:
+                raise KeyError(f"background_pairs has no entry for valid pair {name!r}")
+            gp = np.asarray(background_pairs[name])
+            bp = np.column_stack([var.get_indexer(gp[:, 0]), var.get_indexer(gp[:, 1])])
+            if (bp < 0).any():
+                raise ValueError(f"background_pairs[{name!r}] names genes not in var_names")
+            if len(bp) != n_pairs:
+                raise ValueError(f"background_pairs[{name!r}] has {len(bp)} pairs; n_pairs is {n_pairs}")
+        else:
+            bp = random_pairs(matched[int(vl[j])], matched[int(vr[j])], n_pairs, seed, name)
+        drawn[name] = bp
+        pl[j], pr[j] = bp[:, 0], bp[:, 1]
+
+    # ---- pass 2: backgrounds, p-values, per-spot BH -----------------------------------------------------------
+    genes2 = np.unique(np.concatenate([vl, vr]))
+    pos2 = {g: k for k, g in enumerate(genes2)}
+    lcol2 = np.array([pos2[g] for g in vl])
+    rcol2 = np.array([pos2[g] for g in vr])
+    # one shared copy of the pair tables for all tasks, not one per task
+    pl_d, pr_d = dask.delayed(pl, pure=True), dask.delayed(pr, pure=True)
+    res2 = map_tiles(ds, _pass2, halo=radius, layer=layer, rows_per_task=rows_per_task, scheduler=scheduler,
+                     progress=progress, desc="cci: backgrounds", radius=radius, genes=genes2, lcol=lcol2,
+                     rcol=rcol2, min_expr=min_expr, order_of=order_of, pl=pl_d, pr=pr_d, n_pairs=n_pairs,
+                     adj_method=adj_method)
+    out = [r for _, r in res2]
+    rows = np.concatenate([o["rows"] for o in out])
+    pair = np.concatenate([o["pair"] for o in out])
+    score = np.concatenate([o["score"] for o in out])
+    count = np.concatenate([o["count"] for o in out])
+    padj = np.concatenate([o["padj"] for o in out])
+    result = CCIResult.from_entries(
+        n_obs=n_obs, obs_names=ds.obs_names, pairs=vpairs, rows=rows, pair=pair, score=score, count=count, padj=padj,
+        n_pairs=n_pairs, min_expr=min_expr, cutoff=pval_adj_cutoff, lrfeatures=feats,
+        params={"reference": REFERENCE, "deviations": list(DEVIATIONS), "seed": int(seed), "n_pairs": int(n_pairs),
+                "min_spots": int(min_spots), "distance": float(radius), "min_expr": float(min_expr),
+                "adj_method": adj_method, "pval_adj_cutoff": float(pval_adj_cutoff), "layer": layer,
+                "replayed_background": background_pairs is not None, "exact_order": order_of is not None,
+                "seconds": round(time.perf_counter() - t_start, 3)},
+        background_pairs={k: var.to_numpy()[v] for k, v in drawn.items()} if len(drawn) <= 5000 else None,
+    )
+    if write:
+        result.store(ds)
+    return result
+
+
+def _print_neighbour_summary(ds: SpatialDataset, radius: float, order_of) -> None:
+    from scipy.spatial import cKDTree
+
+    if order_of is not None:
+        n = np.array([len(order_of.get(i, ())) for i in range(ds.n_obs)])
+    elif ds.n_obs <= 2_000_000:
+        tree = cKDTree(ds.coords)
+        n = tree.query_ball_point(ds.coords, radius, return_length=True) - 1
+    else:
+        return
+    print(f"{int((n == 0).sum())} spots with no neighbours, {int(np.median(n))} median spot neighbours.")
+    if np.all(n == 0):
+        raise ValueError(f"every spot has zero neighbours at distance {radius:g} {ds.unit}; use a larger "
+                         "distance, or distance=0 for within-spot mode")
