@@ -257,7 +257,8 @@ def run(
     # ---- pass 1: observed scores of every present pair, gene non-zeros -------------------------------------
     res1 = map_tiles(ds, _pass1, halo=radius, layer=layer, rows_per_task=rows_per_task, scheduler=scheduler,
                      progress=progress, desc="cci: observed scores", radius=radius, genes=prep.genes,
-                     lcol=prep.lcol, rcol=prep.rcol, min_expr=min_expr, order_of=order_of, n_vars=n_vars)
+                     lcol=prep.lcol, rcol=prep.rcol, min_expr=min_expr, n_vars=n_vars,
+                     order_of=dask.delayed(order_of, pure=True, traverse=False) if order_of is not None else None)
     parts = [r for _, r in res1]
     min_value = min((p["min_value"] for p in parts), default=0.0)
     if min_value < 0 and not allow_negative:
@@ -339,9 +340,10 @@ def run(
     rcol2 = np.array([pos2[g] for g in vr])
     # one shared copy of the pair tables for all tasks, not one per task
     pl_d, pr_d = dask.delayed(pl, pure=True), dask.delayed(pr, pure=True)
+    order_d = dask.delayed(order_of, pure=True, traverse=False) if order_of is not None else None
     res2 = map_tiles(ds, _pass2, halo=radius, layer=layer, rows_per_task=rows_per_task, scheduler=scheduler,
                      progress=progress, desc="cci: backgrounds", radius=radius, genes=genes2, lcol=lcol2,
-                     rcol=rcol2, min_expr=min_expr, order_of=order_of, pl=pl_d, pr=pr_d, n_pairs=n_pairs,
+                     rcol=rcol2, min_expr=min_expr, order_of=order_d, pl=pl_d, pr=pr_d, n_pairs=n_pairs,
                      adj_method=adj_method)
     out = [r for _, r in res2]
     rows = np.concatenate([o["rows"] for o in out])
