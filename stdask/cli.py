@@ -84,6 +84,28 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cci_run(args: argparse.Namespace) -> int:
+    from .dataset import read
+    from .tl import cci
+
+    if args.scheduler:
+        from .cluster import get_client
+
+        get_client(args.scheduler)
+    ds = read(args.store)
+    lrs = cci.load_lrs(args.lrs or None, species=args.species, table=args.lr_table)
+    res = cci.run(ds, lrs, min_spots=args.min_spots, distance=args.distance, n_pairs=args.n_pairs,
+                  min_expr=args.min_expr, adj_method=args.adj_method, pval_adj_cutoff=args.cutoff, seed=args.seed,
+                  layer=args.layer, scheduler=args.scheduler, write=True)
+    ds.write()
+    out = Path(args.out) if args.out else Path(args.store).with_suffix("").parent / "lr_summary.tsv"
+    res.lr_summary.to_csv(out, sep="\t", index_label="lr")
+    top = res.lr_summary.head(10)
+    print(top.to_string())
+    print(f"{len(res.lr_summary)} valid LR pairs; results written to {args.store} and {out}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -117,6 +139,27 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("store")
     pf.set_defaults(func=_cmd_info)
 
+    pc = sub.add_parser("cci", help="cell-cell interaction analyses (stLearn's LR hotspots)")
+    csub = pc.add_subparsers(dest="cci_command", required=True)
+    pcr = csub.add_parser("run", help="LR hotspot analysis (stLearn st.tl.cci.run) on a store")
+    pcr.add_argument("store")
+    pcr.add_argument("--lrs", action="append", help="shipped LR table (repeatable): connectomeDB2020_lit | "
+                     "connectomeDB2020_put (default: lit)")
+    pcr.add_argument("--lr-table", help="a user LR table (two columns, or one column of L_R names)")
+    pcr.add_argument("--species", default="human", choices=["human", "mouse"])
+    pcr.add_argument("--n-pairs", type=int, default=1000, help="background pairs per LR (>= 100)")
+    pcr.add_argument("--min-spots", type=int, default=10)
+    pcr.add_argument("--distance", type=float, default=None,
+                     help="radius in store units (default: 2 x spot diameter; 0 = within-spot)")
+    pcr.add_argument("--min-expr", type=float, default=0.0)
+    pcr.add_argument("--adj-method", default="fdr_bh")
+    pcr.add_argument("--cutoff", type=float, default=0.05, help="p-value cutoff for significance")
+    pcr.add_argument("--seed", type=int, default=0)
+    pcr.add_argument("--layer", default="X", help="matrix to analyse (normalised counts, no log1p)")
+    pcr.add_argument("--out", help="lr_summary.tsv path (default: next to the store)")
+    pcr.add_argument("--scheduler", help="dask scheduler address (default: embedded)")
+    pcr.set_defaults(func=_cmd_cci_run)
+
     pd_ = sub.add_parser("demo", help="synthetic slice -> native files -> ingest -> analyses -> results folder")
     pd_.add_argument("outdir", nargs="?", default="demo_results")
     pd_.add_argument("--n-obs", type=int, default=20_000)
@@ -130,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError, OSError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, OSError, NotImplementedError) as e:
         # user-facing errors: one clear line, no traceback
         print(f"stdask {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -31,6 +31,11 @@ ROWS_PER_CHUNK = 50_000
 
 _SLOTS = ("obs", "obsm", "obsp", "layers", "uns", "varm")
 
+#: functions ``f(ds, adata)`` that rewrite results into the layout other tools expect on AnnData export
+#: (e.g. stLearn's dense CCI matrices); analysis modules register themselves here, so this layer never
+#: imports them
+EXPORTERS: list = []
+
 
 @dataclass
 class Tile:
@@ -326,6 +331,8 @@ class SpatialDataset:
                 adata.obs[key] = np.asarray(value) if not isinstance(value, pd.Series) else value.to_numpy()
             else:
                 getattr(adata, slot)[key] = value
+        for export in EXPORTERS:
+            export(self, adata)
         return adata
 
     def write_h5ad(self, path: str | Path) -> Path:

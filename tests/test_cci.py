@@ -249,3 +249,29 @@ def test_bad_inputs(ref_ds, tmp_path):
     neg = stdask.read(stdask.ingest(AnnDataSource(a), tmp_path / "neg.zarr", progress=False))
     with pytest.raises(ValueError, match="negative"):
         cci.run(neg, lrs, min_spots=20, progress=False, verbose=False)
+
+
+def test_planted_hotspots_on_the_reference_input(ref_ds, reference):
+    """stLearn finds the 4 planted pairs at ranks 29-104 with 81-93% of their significant spots inside."""
+    res = cci.run(ref_ds, cci.load_lrs(), min_spots=20, n_pairs=1000, seed=0, progress=False, verbose=False)
+    hot = ref_ds.obs["hotspot"].astype(str).to_numpy()
+    sig = res.dense("lr_sig_scores") > 0
+    precision, ranks = [], []
+    for k, lr in enumerate(reference["src"].uns["synth_truth"]["lr"]):
+        j = list(res.lrs).index(lr)
+        inside = hot == f"H{k}"
+        precision.append((sig[:, j] & inside).sum() / sig[:, j].sum())
+        ranks.append(j + 1)
+    print("planted precision", np.round(precision, 3), "ranks", ranks)
+    assert np.mean(precision) >= 0.8 and min(precision) >= 0.7
+    assert max(ranks) <= 120
+
+
+def test_within_spot_mode(ref_ds):
+    res = cci.run(ref_ds, cci.load_lrs(), distance=0, min_spots=20, n_pairs=100, progress=False, verbose=False)
+    X = ref_ds.to_anndata().X.toarray().astype(np.float64)
+    var = pd.Index(ref_ds.var_names)
+    lig, rec = res.pairs.ligand[0], res.pairs.receptor[0]
+    xl, xr = X[:, var.get_loc(lig)], X[:, var.get_loc(rec)]
+    expect = (xl * (xr > 0) + (xl > 0) * xr + xr * (xl > 0) + (xr > 0) * xl) / 2
+    assert np.array_equal(res.scores[:, 0].toarray().ravel(), expect)
