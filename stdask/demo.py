@@ -126,7 +126,8 @@ def run_demo(outdir: str | Path = "demo_results", n_obs: int = 20_000, seed: int
     # 3. Visium, stLearn-style h5ad
     t0 = time.perf_counter()
     visium = synthetic_slice(n_obs=min(n_obs, 5000), n_genes=2000, layout="visium", seed=seed + 2)
-    write_h5ad(visium, inputs / "visium_stlearn.h5ad", style="stlearn")
+    # X = normalize_total counts without log1p (what the stLearn CCI tutorial feeds), raw counts in a layer
+    write_h5ad(visium, inputs / "visium_stlearn.h5ad", style="stlearn", normalize=True)
     visium_store = ingest(inputs / "visium_stlearn.h5ad", stores / "visium.zarr", overwrite=True)
     step("write + ingest h5ad", t0)
 
@@ -142,8 +143,17 @@ def run_demo(outdir: str | Path = "demo_results", n_obs: int = 20_000, seed: int
         ds = read(store)
         gen_total = sum(int(c.sum()) for _, c in sl.iter_chunks())
         got = _row_sums(ds)
-        checks[name] = {"n_obs": ds.n_obs, "generator_total_counts": gen_total,
-                        "store_total_counts": int(got.sum()) if name != "visium" else None}
+        if name == "visium":  # X is normalised there; the raw counts are the 'counts' layer
+            from .cluster import compute
+
+            cl = ds.matrix("counts")
+            sums = cl.map_blocks(lambda m: np.asarray(m.sum(axis=1)).reshape(-1, 1).astype(np.float64),
+                                 chunks=(cl.chunks[0], (1,)), dtype=np.float64, meta=np.empty((0, 0)))
+            (raw,) = compute(sums, progress=False)
+            store_total = int(np.asarray(raw).sum())
+        else:
+            store_total = int(got.sum())
+        checks[name] = {"n_obs": ds.n_obs, "generator_total_counts": gen_total, "store_total_counts": store_total}
         inf = store_info(store)
         (out / f"info_{name}.json").write_text(json.dumps(inf, indent=2, default=str))
         readme.append(f"- `info_{name}.json`: `stdask info` of `stores/{name}.zarr` (shape, nnz, tiles, memory).")
@@ -155,6 +165,38 @@ def run_demo(outdir: str | Path = "demo_results", n_obs: int = 20_000, seed: int
                          out / f"{name}_domains.png", categorical=True)
             readme.append(f"- `{name}_domains.png`: the planted spatial domains (ground truth).")
     log["checks"] = checks
+
+    # spatial neighbour graph of the bins (radius 1.5 x pitch: the 8 surrounding bins)
+    t0 = time.perf_counter()
+    from .gr import spatial_neighbors
+
+    ds = read(bin50)
+    graph = spatial_neighbors(ds, distance=1.5 * 50, progress=False)
+    ds.write()
+    step("spatial graph (bin50, radius 75 DNB)", t0)
+
+    # LR hotspots (stLearn's method) on the Visium slice, with its result files
+    t0 = time.perf_counter()
+    from .tl import cci
+
+    vds = read(visium_store)
+    res = cci.run(vds, cci.load_lrs(["connectomeDB2020_lit"]), min_spots=20, n_pairs=1000, seed=seed, write=True)
+    vds.write()
+    res.lr_summary.to_csv(out / "lr_summary.tsv", sep="\t", index_label="lr")
+    step("LR hotspots (Visium, n_pairs=1000)", t0, valid_pairs=len(res.lr_summary))
+    readme.append("- `lr_summary.tsv`: LR pairs ranked by spots with significant hotspots (stLearn's method; "
+                  "n_spots_sig uses per-spot BH-adjusted p-values < 0.05).")
+    planted = {f"{l}_{r}" for l, r in zip(visium.truth.lr_pairs["ligand"], visium.truth.lr_pairs["receptor"])}
+    ranks = {lr: int(np.flatnonzero(res.lrs == lr)[0]) + 1 for lr in planted if lr in set(res.lrs)}
+    log["planted_lr_ranks"] = ranks
+    for lr in list(res.lrs[:3]) + sorted(ranks, key=ranks.get)[:2]:
+        j = int(np.flatnonzero(res.lrs == lr)[0])
+        vals = -np.log10(res.padj[:, j].toarray().ravel().clip(min=1e-300))
+        vals[res.scores[:, j].toarray().ravel() == 0] = 0.0
+        fn = f"hotspot_{lr}.png"
+        tag = " (planted)" if lr in planted else ""
+        _spatial_png(vds, vals, f"{lr}{tag}: -log10 adjusted p (rank {j + 1})", out / fn)
+        readme.append(f"- `{fn}`: -log10 per-spot adjusted p-value of {lr}{tag} (rank {j + 1}).")
     (out / "run.json").write_text(json.dumps(log, indent=2, default=str))
     readme += ["- `run.json`: steps, timings and the count checks (generator vs store totals).",
                "- `inputs/`: the native files (GEM, MTX + cell_locations.tsv, h5ad).",

@@ -150,6 +150,24 @@ def _ingest_obs(src: Source, store: Path, tile_size, overwrite, chunk_size, spil
     return store
 
 
+def _combine(key: np.ndarray, tile: np.ndarray, gene: np.ndarray, values: dict[str, np.ndarray], n_vars: int):
+    """Sum entries sharing (key, gene); returns the combined key, tile, gene and value arrays."""
+    code = np.asarray(key, dtype=np.int64) * n_vars + np.asarray(gene, dtype=np.int64)
+    order = np.argsort(code, kind="stable")
+    code = code[order]
+    first = np.flatnonzero(np.concatenate([[True], code[1:] != code[:-1]]))
+    if len(first) == len(code):
+        return key, tile, gene, values
+    out = {}
+    for name, v in values.items():
+        summed = np.add.reduceat(np.asarray(v, dtype=np.uint64)[order], first)
+        if len(summed) and summed.max() > np.iinfo(np.uint32).max:
+            raise OverflowError(f"a summed {name} ({int(summed.max())}) exceeds the uint32 range")
+        out[name] = summed.astype(np.uint32)
+    pick = order[first]
+    return np.asarray(key)[pick], np.asarray(tile)[pick], np.asarray(gene)[pick], out
+
+
 def _check_entries(src: Source, row, gene, n_obs: int, n_vars: int) -> None:
     if len(row) and (row.min() < 0 or row.max() >= n_obs):
         raise InputError(f"{src.path}: an entry refers to observation {int(row.max())} of {n_obs}")
@@ -253,10 +271,14 @@ def _ingest_records(src: Source, store: Path, bin_size, cellbin, tile_size, over
                                       disable=not progress):
                 keep, key, tile = locate(chunk)
                 sel = (lambda a: a) if keep is None else (lambda a: a[keep])
-                arrays = {"key": key, "gene": sel(chunk["gene"]), "value": sel(chunk["count"])}
+                gene = sel(chunk["gene"])
+                values = {"value": sel(chunk["count"])}
                 if has_exon:
-                    arrays["exon"] = sel(chunk["exon"]) if "exon" in chunk else np.zeros(len(key), np.uint32)
-                spill.add(tile, **arrays)
+                    values["exon"] = sel(chunk["exon"]) if "exon" in chunk else np.zeros(len(key), np.uint32)
+                # combine records of the same (observation, gene) inside the chunk before spilling: a bin of
+                # N x N DNBs holds up to N^2 records per gene, so this bounds what a tile gathers later
+                key, tile, gene, values = _combine(key, tile, gene, values, n_vars)
+                spill.add(tile, key=key, gene=gene, **values)
             raw.close()
             names, xs, ys, cellcol = [], [], [], []
             with StoreBuilder(store, var, tiling, matrices, overwrite=overwrite) as b:
