@@ -31,6 +31,7 @@ n, genes, path, lr_fraction = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], f
 sl = synthetic_slice(n_obs=n, n_genes=genes, layout="visium", seed=1, lr_fraction=lr_fraction,
                      lr_db="connectomeDB2020_put")
 write_h5ad(sl, path, style="stlearn", normalize=True, counts_layer=False)
+print(json.dumps({"n_obs": n}))
 """
 
 STDASK = r"""

@@ -36,7 +36,7 @@ class TileSpill:
         self.fields = tuple(fields)
         self.dir = Path(tempfile.mkdtemp(prefix="stdask-spill-", dir=directory))
         self.run_entries = int(run_entries)
-        self.runs: list[tuple[dict[str, np.ndarray], np.ndarray]] = []
+        self.runs: list[tuple[dict[str, tuple[Path, np.dtype]], np.ndarray]] = []
         self.tile_counts = np.zeros(self.n_tiles, dtype=np.int64)
         self._buf: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
         self._buffered = 0
@@ -67,8 +67,10 @@ class TileSpill:
         run.mkdir()
         maps = {}
         for f in self.fields:
-            np.save(run / f"{f}.npy", arrays[f][order])
-            maps[f] = np.load(run / f"{f}.npy", mmap_mode="r")
+            a = arrays[f][order]
+            path = run / f"{f}.bin"
+            a.tofile(path)
+            maps[f] = (path, a.dtype)
         self.runs.append((maps, offsets))
         self.tile_counts += counts
 
@@ -81,7 +83,12 @@ class TileSpill:
             if a == b:
                 continue
             for f in self.fields:
-                parts[f].append(maps[f][a:b])
+                path, dtype = maps[f]
+                # plain reads, not memory maps: mapped pages would stay resident and grow the process's
+                # RSS with the input size
+                with open(path, "rb") as fh:
+                    fh.seek(int(a) * dtype.itemsize)
+                    parts[f].append(np.fromfile(fh, dtype=dtype, count=int(b - a)))
         out = {}
         for f in self.fields:
             out[f] = np.concatenate(parts[f]) if parts[f] else None
@@ -92,7 +99,7 @@ class TileSpill:
         return iter(np.flatnonzero(self.tile_counts).tolist())
 
     def close(self) -> None:
-        self.runs.clear()  # drop the memory maps before deleting their files
+        self.runs.clear()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> "TileSpill":
