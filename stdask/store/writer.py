@@ -26,8 +26,9 @@ from .tiling import Tiling
 
 #: target size of one inner (compressed) chunk, bytes
 INNER_CHUNK_BYTES = 1 << 20
-#: inner chunks per shard (64 x 1 MiB = 64 MiB shards before compression)
-CHUNKS_PER_SHARD = 64
+#: inner chunks per shard (32 x 1 MiB = 32 MiB shards before compression; a shard is encoded in memory
+#: at once, so this bounds the writer's transient memory)
+CHUNKS_PER_SHARD = 32
 
 
 def compressor() -> BloscCodec:

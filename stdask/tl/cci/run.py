@@ -315,8 +315,8 @@ def run(
     if short:
         warnings.warn(f"fewer than {n_genes} matched background genes for {len(short)} gene(s) (e.g. {short[:3]}); "
                       "using those available", stacklevel=2)
-    pl = np.empty((len(names), n_pairs), dtype=np.int64)
-    pr = np.empty((len(names), n_pairs), dtype=np.int64)
+    pl = np.empty((len(names), n_pairs), dtype=np.int32)
+    pr = np.empty((len(names), n_pairs), dtype=np.int32)
     drawn = {}
     for j, name in enumerate(names):
         if background_pairs is not None:
