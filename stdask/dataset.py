@@ -116,7 +116,7 @@ class SpatialDataset:
         if pend:
             obs = obs.copy()
             for k, v in pend.items():
-                obs[k] = v
+                obs[k] = _obs_values(v)
         return obs
 
     @property
@@ -287,7 +287,7 @@ class SpatialDataset:
             if obs_cols:
                 obs = self.store.obs.copy()
                 for k, v in obs_cols.items():
-                    obs[k] = np.asarray(v) if not isinstance(v, pd.Series) else v.to_numpy()
+                    obs[k] = _obs_values(v)
                 items.append(("", "obs", obs))
             from .store.writer import write_elem
 
@@ -328,7 +328,7 @@ class SpatialDataset:
 
                 (value,) = compute(value, progress=False)
             if slot == "obs":
-                adata.obs[key] = np.asarray(value) if not isinstance(value, pd.Series) else value.to_numpy()
+                adata.obs[key] = _obs_values(value)
             else:
                 getattr(adata, slot)[key] = value
         for export in EXPORTERS:
@@ -357,6 +357,13 @@ class SpatialDataset:
         adata.obs["instance_id"] = np.arange(self.n_obs)
         table = TableModel.parse(adata, region="cells", region_key="region", instance_key="instance_id")
         return sd.SpatialData(shapes={"cells": circles}, tables={"table": table})
+
+
+def _obs_values(v):
+    """Values of a pending obs column, keeping categoricals (their categories and order) intact."""
+    if isinstance(v, pd.Series):
+        v = v.array if isinstance(v.dtype, pd.CategoricalDtype) else v.to_numpy()
+    return v if isinstance(v, pd.Categorical) else np.asarray(v)
 
 
 def _write_dask(group: zarr.Group, key: str, arr: da.Array, batch: int = 8) -> None:
