@@ -37,7 +37,9 @@ LOOPBACK = "127.0.0.1"
 def nothing_configured(monkeypatch):
     """Each test starts with no scheduler configured and ends with stdask's clients closed."""
     monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
-    with dask.config.set({"scheduler-address": None}), settings.override(scheduler=None, n_workers=None, progress=True):
+    # "scheduler" too: a client made default during a test sets it, and it must not outlive the test
+    with dask.config.set({"scheduler-address": None, "scheduler": dask.config.get("scheduler", None)}), \
+            settings.override(scheduler=None, n_workers=None, progress=True):
         yield
     cl.shutdown()
 

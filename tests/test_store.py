@@ -94,10 +94,13 @@ def test_tiles_are_contiguous_sorted_and_dask_matches(adata, store):
     X = ds.X
     assert len(X.chunks[0]) > 1
     b = ad.read_zarr(store / "tables" / "table")
-    assert (X.compute() != b.X).nnz == 0
+    from stdask.cluster import compute
+
+    (Xc,) = compute(X, progress=False)
+    assert (Xc != b.X).nnz == 0
     # per-chunk reductions see CSR blocks aligned to whole tiles
-    sums = X.map_blocks(lambda m: np.asarray(m.sum(axis=0)), chunks=(1, X.shape[1]), dtype=np.float64,
-                        meta=np.empty((0, 0))).compute()
+    (sums,) = compute(X.map_blocks(lambda m: np.asarray(m.sum(axis=0)), chunks=(1, X.shape[1]),
+                                   dtype=np.float64, meta=np.empty((0, 0))), progress=False)
     assert sums.shape == (len(X.chunks[0]), X.shape[1])
     assert np.array_equal(sums.sum(axis=0), np.asarray(b.X.sum(axis=0)).ravel())
 
