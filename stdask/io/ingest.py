@@ -280,8 +280,9 @@ def _ingest_records(src: Source, store: Path, bin_size, cellbin, tile_size, over
                 key, tile, gene, values = _combine(key, tile, gene, values, n_vars)
                 spill.add(tile, key=key, gene=gene, **values)
             raw.close()
-            names, xs, ys, cellcol = [], [], [], []
             with StoreBuilder(store, var, tiling, matrices, overwrite=overwrite) as b:
+                # observations are born here: stream their names and coordinates to the store per tile
+                b.stream_obs({"cell_id": np.dtype(np.int64)} if cellbin else {})
                 for t in progress_bar(list(spill.nonempty_tiles()), desc="write tiles", unit="tile",
                                       disable=not progress):
                     e = spill.tile(t)
@@ -296,16 +297,11 @@ def _ingest_records(src: Source, store: Path, bin_size, cellbin, tile_size, over
                     if has_exon:
                         blocks["exon"] = csr_from_entries(row, e["gene"], e["exon"], len(ukeys), n_vars, np.uint32)
                     b.append_tile(int(t), len(ukeys), blocks)
-                    names.append(nm[order]); xs.append(x[order]); ys.append(y[order])
-                    if cellbin:
-                        cellcol.append(cell_ids[ukeys[order]])
-                obs = pd.DataFrame(index=pd.Index(np.concatenate(names).astype(str), name=None))
-                if cellbin:
-                    obs["cell_id"] = np.concatenate(cellcol)
-                coords = np.column_stack([np.concatenate(xs), np.concatenate(ys)]).astype(np.float64)
+                    extra = {"cell_id": cell_ids[ukeys[order]]} if cellbin else {}
+                    b.append_obs(nm[order], x[order], y[order], **extra)
                 prov.update({"bin_size": int(bin_size) if bin_size else 0, "cellbin": bool(cellbin),
                              "n_records": int(n_records), "records_outside_cells": int(dropped)})
-                b.finish(obs, coords, unit=src.unit, spot_diameter=unit_spot, uns=src.uns, provenance=prov)
+                b.finish(None, None, unit=src.unit, spot_diameter=unit_spot, uns=src.uns, provenance=prov)
     finally:
         raw.close()
     return store

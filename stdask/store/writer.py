@@ -144,6 +144,57 @@ class CsrStreamWriter:
         )
 
 
+class ObsStreamWriter:
+    """Stream the obs table (AnnData ``dataframe`` encoding) and ``obsm['spatial']`` tile by tile.
+
+    Used when observations are created during ingest (bins, cells): names and coordinates go to disk as
+    each tile is written, so memory does not grow with the number of observations.
+    """
+
+    ROWS_PER_CHUNK = 65_536
+
+    def __init__(self, table: zarr.Group, columns: dict[str, np.dtype]) -> None:
+        self.obs = table.create_group("obs")
+        self.obsm = table.create_group("obsm", attributes={"encoding-type": "dict", "encoding-version": "0.1.0"})
+        c = self.ROWS_PER_CHUNK
+        self.index = self.obs.create_array("_index", shape=(0,), dtype=str, chunks=(c,), compressors=[compressor()])
+        self.columns = {name: self.obs.create_array(name, shape=(0,), dtype=dt, chunks=(c,), compressors=[compressor()])
+                        for name, dt in {"x": np.float64, "y": np.float64, **columns}.items()}
+        self.spatial = self.obsm.create_array("spatial", shape=(0, 2), dtype=np.float64, chunks=(c, 2),
+                                              compressors=[compressor()])
+        self.n = 0
+        self.lo = np.array([np.inf, np.inf])
+        self.hi = np.array([-np.inf, -np.inf])
+
+    def append(self, names: np.ndarray, x: np.ndarray, y: np.ndarray, **columns: np.ndarray) -> None:
+        k = len(names)
+        if k == 0:
+            return
+        a, b = self.n, self.n + k
+        self.index.resize((b,))
+        self.index[a:b] = np.asarray(names, dtype=object)
+        values = {"x": x, "y": y, **columns}
+        for name, arr in self.columns.items():
+            arr.resize((b,))
+            arr[a:b] = np.asarray(values[name], dtype=arr.dtype)
+        self.spatial.resize((b, 2))
+        self.spatial[a:b] = np.column_stack([x, y])
+        self.lo = np.minimum(self.lo, [np.min(x), np.min(y)])
+        self.hi = np.maximum(self.hi, [np.max(x), np.max(y)])
+        self.n = b
+
+    def close(self, tile: np.ndarray) -> None:
+        t = self.obs.create_array("tile", shape=(len(tile),), dtype=np.int32, chunks=(self.ROWS_PER_CHUNK,),
+                                  compressors=[compressor()])
+        t[:] = tile
+        array_attrs = {"encoding-type": "array", "encoding-version": "0.2.0"}
+        for arr in list(self.columns.values()) + [t, self.spatial]:
+            arr.attrs.update(array_attrs)
+        self.index.attrs.update({"encoding-type": "string-array", "encoding-version": "0.2.0"})
+        self.obs.attrs.update({"_index": "_index", "column-order": list(self.columns) + ["tile"],
+                               "encoding-type": "dataframe", "encoding-version": "0.2.0"})
+
+
 def write_elem(group: zarr.Group, key: str, value: Any) -> None:
     """Write an AnnData element (DataFrame, dict, dense or sparse array) with anndata's registry."""
     from anndata.io import write_elem as _write
@@ -218,11 +269,32 @@ class StoreBuilder:
                 raise ValueError(f"{name}: tile {tile} block has {len(indptr) - 1} rows, expected {n_rows}")
             w.append(indptr, indices, data)
 
-    def finish(self, obs: pd.DataFrame, coords: np.ndarray, *, unit: str, spot_diameter: float | None = None,
-               obsm: dict[str, np.ndarray] | None = None, uns: dict | None = None,
-               provenance: dict | None = None) -> None:
-        """Write obs/var/obsm/uns and the tile index (rows already in store order)."""
+    def stream_obs(self, columns: dict[str, np.dtype] | None = None) -> None:
+        """Switch to streamed obs: call :meth:`append_obs` with each tile's observations, then
+        ``finish(None, None, ...)``."""
+        self._obs_stream = ObsStreamWriter(self.table, columns or {})
+
+    def append_obs(self, names: np.ndarray, x: np.ndarray, y: np.ndarray, **columns: np.ndarray) -> None:
+        """Observations of the tile just appended (same rows, same order)."""
+        self._obs_stream.append(names, x, y, **columns)
+
+    def finish(self, obs: pd.DataFrame | None, coords: np.ndarray | None, *, unit: str,
+               spot_diameter: float | None = None, obsm: dict[str, np.ndarray] | None = None,
+               uns: dict | None = None, provenance: dict | None = None) -> None:
+        """Write obs/var/obsm/uns and the tile index (rows already in store order).
+
+        With streamed obs (:meth:`stream_obs`), pass ``obs=None, coords=None``.
+        """
         n_obs = int(self.tile_rows.sum())
+        stream = getattr(self, "_obs_stream", None)
+        if stream is not None:
+            if stream.n != n_obs:
+                raise ValueError(f"{stream.n} observations were streamed, but {n_obs} rows were written")
+            if obsm:
+                raise ValueError("extra obsm arrays are not supported with streamed obs")
+            self._finish_tables(n_obs, stream.lo, stream.hi, unit, spot_diameter, uns, provenance)
+            stream.close(np.repeat(np.arange(self.tiling.n_tiles, dtype=np.int32), self.tile_rows))
+            return
         if len(obs) != n_obs or len(coords) != n_obs:
             raise ValueError(f"obs has {len(obs)} rows and coords {len(coords)}, but {n_obs} rows were written")
         if not obs.index.is_unique:
@@ -230,7 +302,6 @@ class StoreBuilder:
             raise ValueError(f"duplicate observation name {dup!r}")
         for w in self.writers.values():
             w.close()
-        X_group = self.table["X"]
         tile = np.repeat(np.arange(self.tiling.n_tiles, dtype=np.int32), self.tile_rows)
         obs = obs.copy()
         obs["x"] = coords[:, 0].astype(np.float64)
@@ -244,11 +315,21 @@ class StoreBuilder:
         obsm = dict(obsm or {})
         obsm["spatial"] = np.ascontiguousarray(coords, dtype=np.float64)
         write_elem(self.table, "obsm", obsm)
+        lo = coords.min(axis=0) if n_obs else np.zeros(2)
+        hi = coords.max(axis=0) if n_obs else np.zeros(2)
+        self._finish_tables(n_obs, lo, hi, unit, spot_diameter, uns, provenance, write_var=False)
+
+    def _finish_tables(self, n_obs, lo, hi, unit, spot_diameter, uns, provenance, write_var: bool = True) -> None:
+        if write_var:
+            for w in self.writers.values():
+                w.close()
+            var = self.var.copy()
+            var.index = var.index.astype(str)
+            write_elem(self.table, "var", var)
         for key in ("varm", "obsp", "varp"):
             write_elem(self.table, key, {})
         tile_row_start = np.concatenate([[0], np.cumsum(self.tile_rows)]).astype(np.int64)
-        xs, ys = coords[:, 0], coords[:, 1]
-        bounds = [float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())] if n_obs else [0.0] * 4
+        bounds = [float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])] if n_obs else [0.0] * 4
         stdask_uns = {
             "encoding": "stdask-tiling",
             "version": 1,
