@@ -106,7 +106,7 @@ def main() -> None:
             print(f"| {n:,} | {a} / {b} | {s1:.1f} | {s2:.1f} | {r:.0f}x | {m1:.2f} / {m2:.2f} |")
     if 2 in args.parts:
         h5 = OUT / "cci_20000.h5ad"
-        child(sys.executable, MAKE, 20_000, 6000, h5, 0.45)
+        child(sys.executable, MAKE, 20_000, 6000, h5, 0.18)
         sd, rss = child(sys.executable, STDASK, h5, OUT / "cci_20000.zarr", 10_000, "connectomeDB2020_put")
         print("\n| cells | valid LRs | n_pairs | run s | peak RSS GiB |")
         print("| ---: | ---: | ---: | ---: | ---: |")
