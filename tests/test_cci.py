@@ -241,7 +241,7 @@ def test_bad_inputs(ref_ds, tmp_path):
         cci.run(ref_ds, cci.load_lrs(species="mouse"), progress=False, verbose=False)
     with pytest.raises(ValueError, match="distance"):
         cci.run(ref_ds, lrs, distance=-1, progress=False)
-    with pytest.raises(NotImplementedError):
+    with pytest.raises(ValueError, match="neg_binom"):
         cci.run(ref_ds, lrs, neg_binom=True, progress=False)
     # negative values: refused unless allowed
     a = ad.read_h5ad(DATA / "ref_N2000.h5ad")

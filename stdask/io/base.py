@@ -169,6 +169,27 @@ class Source(ABC):
         return None
 
 
+class TableSource(Source):
+    """An observation source whose obs table and coordinates are read when it is opened.
+
+    Subclasses set ``self._obs`` ((n_obs, ...) DataFrame) and ``self._coords`` ((n_obs, 2) float64) in
+    ``__init__``; callers get copies, so a source can be ingested twice unchanged.
+    """
+
+    kind = "obs"
+    _obs: pd.DataFrame
+    _coords: np.ndarray
+
+    @property
+    def obs(self) -> pd.DataFrame:
+        return self._obs.copy()
+
+    @property
+    def coords(self) -> np.ndarray:
+        """(n_obs, 2) float64 x, y in :attr:`unit` (see the subclass for which coordinates)."""
+        return self._coords.copy()
+
+
 _SOURCES: dict[str, type[Source]] = {}
 
 

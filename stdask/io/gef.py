@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from stdask.io.base import EntryChunk, InputError, RecordChunk, Source, register_source
+from stdask.io.base import TableSource, EntryChunk, InputError, RecordChunk, Source, register_source
 from stdask.io.gem import make_unique
 
 __all__ = ["GefSource", "CellbinGefSource"]
@@ -236,7 +236,7 @@ class GefSource(Source):
 
 
 @register_source
-class CellbinGefSource(Source):
+class CellbinGefSource(TableSource):
     """Cell-bin Stereo-seq GEF (``.cellbin.gef``): segmented cells x genes.
 
     Parameters
@@ -332,15 +332,6 @@ class CellbinGefSource(Source):
     @property
     def var(self) -> pd.DataFrame:
         return _gene_var(self._ids, self._names)
-
-    @property
-    def obs(self) -> pd.DataFrame:
-        return self._obs.copy()
-
-    @property
-    def coords(self) -> np.ndarray:
-        """(n_cells, 2) float64 cell centroids x, y in DNB."""
-        return self._coords.copy()
 
     @property
     def obsm(self) -> dict[str, np.ndarray]:

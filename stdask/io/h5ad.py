@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from stdask.io.base import EntryChunk, InputError, Source, register_source
+from stdask.io.base import TableSource, EntryChunk, InputError, Source, register_source
 
 __all__ = ["H5adSource"]
 
@@ -141,7 +141,7 @@ class _H5Matrix:
 
 
 @register_source
-class H5adSource(Source):
+class H5adSource(TableSource):
     """AnnData ``.h5ad`` file: observations x genes with coordinates.
 
     Parameters
@@ -311,15 +311,6 @@ class H5adSource(Source):
     @property
     def var(self) -> pd.DataFrame:
         return self._var.copy()
-
-    @property
-    def obs(self) -> pd.DataFrame:
-        return self._obs.copy()
-
-    @property
-    def coords(self) -> np.ndarray:
-        """(n_obs, 2) float64 x, y in pixels (see the class notes for which pixels)."""
-        return self._coords.copy()
 
     @property
     def layers(self) -> dict[str, np.dtype]:

@@ -14,7 +14,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from stdask.io.base import EntryChunk, InputError, Source, register_source
+from stdask.io.base import TableSource, EntryChunk, InputError, Source, register_source
 from stdask.io.gem import (
     TextColumn,
     first_bad_line,
@@ -343,7 +343,7 @@ def read_locations(path: Path, barcodes: pd.Index) -> pd.DataFrame:
 
 
 @register_source
-class MtxSource(Source):
+class MtxSource(TableSource):
     """10x MTX folder with per-barcode locations (SeekSpace and similar): cells x genes.
 
     Parameters
@@ -411,15 +411,6 @@ class MtxSource(Source):
     @property
     def var(self) -> pd.DataFrame:
         return self._matrix.var
-
-    @property
-    def obs(self) -> pd.DataFrame:
-        return self._obs.copy()
-
-    @property
-    def coords(self) -> np.ndarray:
-        """(n_obs, 2) float64 x, y: location pixels times ``pixel_size`` (um), or pixels."""
-        return self._coords.copy()
 
     @property
     def uns(self) -> dict:

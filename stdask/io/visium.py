@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from stdask.io.base import EntryChunk, InputError, Source, register_source
+from stdask.io.base import TableSource, EntryChunk, InputError, Source, register_source
 from stdask.io.gem import make_unique
 from stdask.io.mtx import TenxMtxMatrix, first_duplicate
 
@@ -209,7 +209,7 @@ def read_positions(spatial: Path, barcodes: pd.Index) -> pd.DataFrame:
 
 
 @register_source
-class VisiumSource(Source):
+class VisiumSource(TableSource):
     """10x Visium: a Space Ranger ``outs/`` folder (or the run folder containing it): spots x genes.
 
     Parameters
@@ -302,15 +302,6 @@ class VisiumSource(Source):
     @property
     def var(self) -> pd.DataFrame:
         return self._matrix.var
-
-    @property
-    def obs(self) -> pd.DataFrame:
-        return self._obs.copy()
-
-    @property
-    def coords(self) -> np.ndarray:
-        """(n_spots, 2) float64 x = pxl_col_in_fullres, y = pxl_row_in_fullres (pixels)."""
-        return self._coords.copy()
 
     @property
     def uns(self) -> dict:

@@ -237,7 +237,7 @@ def run(
     """
     t_start = time.perf_counter()
     if neg_binom:
-        raise NotImplementedError("neg_binom=True (negative-binomial p-values) is outside stdask's scope; "
+        raise ValueError("neg_binom=True (negative-binomial p-values) is outside stdask's scope; "
                                   "use the empirical background (neg_binom=False)")
     if save_bg:
         raise ValueError("save_bg=True is not supported: stdask never materialises the background score matrix")
