@@ -235,3 +235,19 @@ def test_malformed_inputs_write_nothing(cells, stereo, tmp_path):
     with pytest.raises(InputError, match=r"features\.tsv\.gz: .* features, but matrix\.mtx\.gz"):
         stdask.ingest(d2, tmp_path / "m2.zarr", progress=False)
     assert no_store_left(tmp_path, "m2.zarr")
+
+
+def test_cli_preprocess_writes_results(visium, tmp_path):
+    h5 = tmp_path / "v.h5ad"
+    write_h5ad(visium, h5, style="stlearn")
+    store = stdask.ingest(h5, tmp_path / "pp.zarr", progress=False)
+    assert cli(["preprocess", str(store), "--n-top-genes", "300", "--n-comps", "20", "--n-neighbors", "10"]) == 0
+    t = table(store)
+    assert t.obsm["X_pca"].shape == (t.n_obs, 20)
+    assert {"normalized", "log1p"} <= set(t.layers)
+    assert "leiden" in t.obs and t.obs["leiden"].nunique() > 1
+    assert "spatial_connectivities" in t.obsp
+    # normalize_total's default target is the median total count: rows of 'normalized' sum to it
+    sums = np.asarray(t.layers["normalized"].sum(axis=1)).ravel()
+    raw = np.asarray(t.X.sum(axis=1)).ravel()
+    assert np.allclose(sums[raw > 0], np.median(raw), rtol=1e-5)
