@@ -172,13 +172,15 @@ def test_default_numerics_and_matched_genes(ref_ds, reference):
     # float64 neighbour sums differ from stLearn's float32 ones only at rounding level
     assert np.allclose(aligned(res, ref_ds, reference, "lr_scores"), o["lr_scores"], rtol=1e-6, atol=0)
     assert (aligned(res, ref_ds, reference, "p_vals") == o["p_vals"]).mean() > 0.999
-    # every gene stLearn drew for a pair's background is one of stdask's matched genes of that pair's genes
+    # the genes stLearn drew for each pair's background come from the same matched-gene sets as stdask's own
+    # draws (1,000 draws from ~63 x 63 genes cover each set; only ties at the cut may differ)
     own = cci.run(ref_ds, cci.load_lrs(), min_spots=20, n_pairs=1000, progress=False, verbose=False, seed=0)
     for lr in list(reference["background"])[:200]:
         theirs = reference["background"][lr]
         mine = own.background_pairs[lr]
-        assert set(theirs[:, 0]) <= set(mine[:, 0]) | set(theirs[:, 0]) and \
-            len(set(theirs[:, 0]) & set(mine[:, 0])) >= 0.9 * len(set(mine[:, 0]))
+        for side in (0, 1):
+            t, m = set(theirs[:, side]), set(mine[:, side])
+            assert len(t & m) >= 0.95 * len(t), (lr, side, len(t & m), len(t))
 
 
 def test_own_stream_agrees_with_stlearn_like_stlearn_with_itself(ref_ds, reference):
@@ -212,16 +214,16 @@ def test_same_seed_same_result_any_tiling_and_scheduler(tmp_path, reference):
 def test_adj_pvals_axes_and_store_round_trip(ref_ds, tmp_path):
     res = cci.run(ref_ds, cci.load_lrs(), min_spots=20, n_pairs=100, progress=False, verbose=False)
     lr_axis = cci.adj_pvals(res, correct_axis="LR")
-    p = res.pvals().tocsc()
-    padj = lr_axis.padj.tocsc()
     col = list(lr_axis.lrs).index(res.lrs[0])
     # per LR, BH over the spots where it was tested
     pc = res.pvals()[:, 0].tocoo()
     expect = multipletests(pc.data, method="fdr_bh")[1]
     got = lr_axis.padj[:, col].tocoo()
-    assert np.array_equal(np.sort(got.data), np.sort(expect))
+    assert np.array_equal(got.row, pc.row) and np.array_equal(got.data, expect)
     none = cci.adj_pvals(res, correct_axis=None)
-    assert np.array_equal(none.padj.data[np.argsort(none.padj.indices)].size, res.counts.nnz)
+    # no correction: adjusted p-values are the raw ones, entry for entry (columns may be re-ordered)
+    cols = pd.Index(none.lrs).get_indexer(res.lrs)
+    assert (none.padj[:, cols] != res.pvals()).nnz == 0
     with pytest.raises(ValueError, match="correct_axis"):
         cci.adj_pvals(res, correct_axis="cells")
     # stLearn-key export with its dense layout

@@ -41,37 +41,6 @@ def pair_scores(x, mean, lcol, rcol, m):
     return out
 
 
-@njit(parallel=True, cache=True)
-def exceedances(x, mean, lcol, rcol, observed, m):
-    """Per row, the number of background pairs scoring >= the observed score (ties count).
-
-    Parameters
-    ----------
-    x, mean
-        (n, g) float64 expression and neighbour means of the background genes at the tested rows.
-    lcol, rcol
-        (n_pairs,) int64 columns of the background pairs.
-    observed
-        (n,) float64 observed scores.
-    m
-        min_expr.
-
-    Returns
-    -------
-    (n,) int64 counts.
-    """
-    n = x.shape[0]
-    out = np.zeros(n, dtype=np.int64)
-    for i in prange(n):
-        c = 0
-        s = observed[i]
-        for k in range(lcol.shape[0]):
-            if _score(x[i, lcol[k]], mean[i, lcol[k]], x[i, rcol[k]], mean[i, rcol[k]], m) >= s:
-                c += 1
-        out[i] = c
-    return out
-
-
 @njit(cache=True)
 def bh_segments(p, starts):
     """Benjamini-Hochberg within consecutive segments, in statsmodels' order of operations.

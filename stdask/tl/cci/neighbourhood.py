@@ -130,9 +130,7 @@ def neighbour_means_sparse(nb: Neighbourhood, X: sp.spmatrix) -> sp.csr_matrix:
     sums.sort_indices()
     if nb.within:
         return sums
-    inv = np.zeros(len(nb.counts))
     nz = nb.counts > 0
-    inv[nz] = 1.0
     # divide each row by its count (not multiply by 1/count: division is what stLearn does)
     rep = np.repeat(np.where(nz, nb.counts, 1).astype(np.float64), np.diff(sums.indptr))
     sums.data = sums.data / rep

@@ -94,7 +94,6 @@ class CCIResult:
 
     def dense(self, key: str) -> np.ndarray:
         """One of stLearn's five (n_obs, n_lr) float64 matrices, densified."""
-        n = self.scores.shape
         if key == "lr_scores":
             return self.scores.toarray()
         if key == "p_vals":

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import dask
@@ -59,6 +59,26 @@ def _tile_matrix(tile: Tile) -> sp.csc_matrix:
     return sp.csc_matrix(X, dtype=np.float64 if X.dtype.kind in "ui" else X.dtype)
 
 
+def _observed(x_own: sp.csr_matrix, means_of, lcol: np.ndarray, rcol: np.ndarray, min_expr: float):
+    """Scores > 0 of pairs (lcol, rcol) at own rows, in row blocks: (rows, pair, score), grouped by row.
+
+    ``x_own`` is (n_own, k) expression of the pairs' genes; ``means_of(a, b)`` gives the dense (b - a, k)
+    neighbour means of own rows a..b.
+    """
+    rows, pair, score = [], [], []
+    for a in range(0, x_own.shape[0], _ROW_BLOCK):
+        b = min(a + _ROW_BLOCK, x_own.shape[0])
+        s = pair_scores(np.asarray(x_own[a:b].toarray(), dtype=np.float64), means_of(a, b), lcol, rcol,
+                        float(min_expr))
+        i, j = np.nonzero(s > 0)  # row-major: entries come grouped by row
+        rows.append(i + a)
+        pair.append(j)
+        score.append(s[i, j])
+    if not rows:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
+    return np.concatenate(rows), np.concatenate(pair), np.concatenate(score)
+
+
 def _pass1(tile: Tile, *, radius: float, genes: np.ndarray, lcol: np.ndarray, rcol: np.ndarray, min_expr: float,
            order_of: Mapping | None, n_vars: int) -> dict:
     """Observed scores of all candidate pairs at the tile's own rows, and the own rows' non-zeros by gene."""
@@ -67,20 +87,9 @@ def _pass1(tile: Tile, *, radius: float, genes: np.ndarray, lcol: np.ndarray, rc
     Xg = X[:, genes]
     own = X[: tile.n_own]
     own.eliminate_zeros()
-    rows, pair, score = [], [], []
-    for a in range(0, tile.n_own, _ROW_BLOCK):
-        b = min(a + _ROW_BLOCK, tile.n_own)
-        blk = np.arange(a, b)
-        x = np.asarray(Xg[a:b].toarray(), dtype=np.float64)
-        m = neighbour_means(nb, Xg, blk)
-        s = pair_scores(x, m, lcol, rcol, float(min_expr))
-        i, j = np.nonzero(s > 0)
-        rows.append(i + a)
-        pair.append(j)
-        score.append(s[i, j])
-    return {"rows": tile.rows[np.concatenate(rows)] if rows else np.empty(0, np.int64),
-            "pair": np.concatenate(pair) if pair else np.empty(0, np.int64),
-            "score": np.concatenate(score) if score else np.empty(0),
+    rows, pair, score = _observed(Xg[: tile.n_own], lambda a, b: neighbour_means(nb, Xg, np.arange(a, b)),
+                                  lcol, rcol, min_expr)
+    return {"rows": tile.rows[rows], "pair": pair, "score": score, "n_neighbours": nb.counts,
             "csc_indptr": own.indptr.astype(np.int64), "csc_data": own.data,
             "min_value": float(own.data.min()) if own.nnz else 0.0}
 
@@ -93,18 +102,8 @@ def _pass2(tile: Tile, *, radius: float, genes: np.ndarray, lcol: np.ndarray, rc
     means = neighbour_means_sparse(nb, X)
     x_own = X[: tile.n_own]
     x_own.sort_indices()
-    rows, pair, score = [], [], []
-    for a in range(0, tile.n_own, _ROW_BLOCK):
-        b = min(a + _ROW_BLOCK, tile.n_own)
-        s = pair_scores(np.asarray(x_own[a:b][:, genes].toarray()), np.asarray(means[a:b][:, genes].toarray()),
-                        lcol, rcol, float(min_expr))
-        i, j = np.nonzero(s > 0)  # row-major: entries come grouped by row
-        rows.append(i + a)
-        pair.append(j)
-        score.append(s[i, j])
-    rows = np.concatenate(rows) if rows else np.empty(0, np.int64)
-    pair = np.concatenate(pair) if pair else np.empty(0, np.int64)
-    score = np.concatenate(score) if score else np.empty(0)
+    rows, pair, score = _observed(x_own[:, genes], lambda a, b: np.asarray(means[a:b][:, genes].toarray()),
+                                  lcol, rcol, min_expr)
     t_ptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=tile.n_own))]).astype(np.int64)
     counts = background_counts(x_own.indptr.astype(np.int64), x_own.indices.astype(np.int64), x_own.data,
                                means.indptr.astype(np.int64), means.indices.astype(np.int64), means.data,
@@ -120,7 +119,6 @@ class _Prepared:
     lcol: np.ndarray
     rcol: np.ndarray
     genes: np.ndarray  # var indices of the LR genes, in column order of lcol/rcol
-    extra: dict = field(default_factory=dict)
 
 
 def _prepare_pairs(ds: SpatialDataset, pairs: LRPairs) -> _Prepared:
@@ -251,8 +249,6 @@ def run(
     prep = _prepare_pairs(ds, as_pairs(lrs))
     order_of = _order_map(ds, neighbour_order)
     n_obs, n_vars = ds.n_obs, ds.n_vars
-    if verbose and radius > 0:
-        _print_neighbour_summary(ds, radius, order_of)
 
     # ---- pass 1: observed scores of every present pair, gene non-zeros -------------------------------------
     res1 = map_tiles(ds, _pass1, halo=radius, layer=layer, rows_per_task=rows_per_task, scheduler=scheduler,
@@ -260,6 +256,13 @@ def run(
                      lcol=prep.lcol, rcol=prep.rcol, min_expr=min_expr, n_vars=n_vars,
                      order_of=dask.delayed(order_of, pure=True, traverse=False) if order_of is not None else None)
     parts = [r for _, r in res1]
+    if radius > 0:
+        n_nb = np.concatenate([p["n_neighbours"] for p in parts])
+        if verbose:  # stLearn's diagnostic line
+            print(f"{int((n_nb == 0).sum())} spots with no neighbours, {int(np.median(n_nb))} median spot neighbours.")
+        if np.all(n_nb == 0):
+            raise ValueError(f"every spot has zero neighbours at distance {radius:g} {ds.unit}; use a larger "
+                             "distance, or distance=0 for within-spot mode")
     min_value = min((p["min_value"] for p in parts), default=0.0)
     if min_value < 0 and not allow_negative:
         raise ValueError(f"matrix {layer!r} has negative values (min {min_value:g}); the LR score assumes "
@@ -364,19 +367,3 @@ def run(
     if write:
         result.store(ds)
     return result
-
-
-def _print_neighbour_summary(ds: SpatialDataset, radius: float, order_of) -> None:
-    from scipy.spatial import cKDTree
-
-    if order_of is not None:
-        n = np.array([len(order_of.get(i, ())) for i in range(ds.n_obs)])
-    elif ds.n_obs <= 2_000_000:
-        tree = cKDTree(ds.coords)
-        n = tree.query_ball_point(ds.coords, radius, return_length=True) - 1
-    else:
-        return
-    print(f"{int((n == 0).sum())} spots with no neighbours, {int(np.median(n))} median spot neighbours.")
-    if np.all(n == 0):
-        raise ValueError(f"every spot has zero neighbours at distance {radius:g} {ds.unit}; use a larger "
-                         "distance, or distance=0 for within-spot mode")
