@@ -3,6 +3,7 @@ from .database import LRPairs, load_lrs
 from .result import CCIResult
 from .run import run
 from .adjust import adj_pvals
+from .interactions import CCIInteractions, run_cci
 from . import export as _export  # noqa: F401  (registers the stLearn-layout AnnData export)
 
-__all__ = ["load_lrs", "LRPairs", "run", "adj_pvals", "CCIResult"]
+__all__ = ["load_lrs", "LRPairs", "run", "adj_pvals", "CCIResult", "run_cci", "CCIInteractions"]

@@ -6,6 +6,7 @@ import pandas as pd
 
 from ...dataset import EXPORTERS
 from .result import CCIResult
+from .interactions import export_stlearn_interactions
 
 
 def export_stlearn(ds, adata) -> None:
@@ -22,6 +23,7 @@ def export_stlearn(ds, adata) -> None:
         adata.obsm.pop("lr_pval_counts", None)
         adata.uns["lr_summary"] = res.lr_summary
         adata.uns["lrfeatures"] = res.lrfeatures
+    export_stlearn_interactions(ds, adata)  # run_cci: stLearn's lr_cci_* / per_lr_cci_* keys
     conn = adata.obsp.get("spatial_connectivities") if hasattr(adata.obsp, "get") else None
     if conn is None and "spatial_connectivities" in adata.obsp:
         conn = adata.obsp["spatial_connectivities"]

@@ -96,40 +96,30 @@ def lr_features(ligand_q: np.ndarray, receptor_q: np.ndarray, ligand_nzmed: np.n
     return pd.concat([df.iloc[order], quant.iloc[order]], axis=1)
 
 
-def canberra32(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
-    """Canberra distance of one float32 quantile profile to many, as stLearn computes it.
-
-    Element terms ``|a - b| / (a + b)`` in float32 (0/0 skipped), summed over quantiles in order in float32:
-    matching the reference's arithmetic keeps the matched-gene cut identical to stLearn's.
+def matched_genes(ref_q: np.ndarray, cand_q: np.ndarray, n_genes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n_genes`` candidates closest to each reference gene in quantile profile (stLearn's match).
 
     Parameters
     ----------
-    ref
-        (n_q,) float32 profile.
-    cand
-        (n_q, n_cand) float32 profiles.
+    ref_q
+        (n_ref, n_q) quantile profiles of the genes to match (cast to float32, as stLearn does).
+    cand_q
+        (n_cand, n_q) profiles of the candidate genes.
+    n_genes
+        Candidates to keep per gene.
 
     Returns
     -------
-    (n_cand,) float64 distances.
+    idx
+        (n_ref, n_genes) int64 candidate positions, nearest first (-1 pads rows with fewer candidates).
+    n_found
+        (n_ref,) int64 number kept per gene (< ``n_genes`` when too few candidates are at distance > 0).
+
+    The Canberra distance is evaluated in float32 term by term and summed in order (the reference's
+    arithmetic, so the cut matches stLearn's); candidates at distance 0 are discarded; ties are broken by
+    candidate position (Q2).
     """
-    ref = np.asarray(ref, dtype=np.float32)
-    cand = np.asarray(cand, dtype=np.float32)
-    acc = np.zeros(cand.shape[1], dtype=np.float32)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        for i in range(cand.shape[0]):
-            t = np.abs(ref[i] - cand[i]) / (ref[i] + cand[i])
-            acc = (acc + np.where(np.isnan(t), np.float32(0), t)).astype(np.float32)
-    return acc.astype(np.float64)
+    from .kernels import canberra_topk
 
-
-def matched_genes(ref: np.ndarray, cand_q: np.ndarray, n_genes: int) -> tuple[np.ndarray, bool]:
-    """Indices (into the candidate list) of the ``n_genes`` candidates closest in quantile profile.
-
-    Candidates at distance 0 (an identical profile) are discarded, as in stLearn; ties are broken by
-    candidate position (Q2). Returns the indices and whether fewer than ``n_genes`` were available.
-    """
-    d = canberra32(ref, cand_q)
-    keep = np.flatnonzero(d > 0)
-    order = keep[np.lexsort((keep, d[keep]))]
-    return order[:n_genes], len(order) < n_genes
+    return canberra_topk(np.ascontiguousarray(ref_q, dtype=np.float32),
+                         np.ascontiguousarray(cand_q, dtype=np.float32), int(n_genes))

@@ -125,3 +125,77 @@ def background_counts(x_ptr, x_idx, x_val, m_ptr, m_idx, m_val, n_genes, t_ptr, 
                     c += 1
             out[e] = c
     return out
+
+
+@njit(cache=True)
+def canberra_topk(ref_q, cand_q, n_keep):
+    """Each reference profile's ``n_keep`` nearest candidates by stLearn's float32 Canberra distance.
+
+    Parameters
+    ----------
+    ref_q
+        (n_ref, n_q) float32 quantile profiles of the genes to match.
+    cand_q
+        (n_cand, n_q) float32 profiles of the candidate genes.
+    n_keep
+        Candidates to keep per reference.
+
+    Returns
+    -------
+    idx
+        (n_ref, n_keep) int64 candidate positions, nearest first, ties by position (Q2); -1 pads rows
+        with fewer than ``n_keep`` candidates at distance > 0.
+    n_found
+        (n_ref,) int64 candidates kept per row.
+
+    Terms ``|a - b| / (a + b)`` are float32 (0/0 skipped) and summed over the quantiles in order in
+    float32, as the reference does; candidates at distance 0 (an identical profile) are discarded.
+    """
+    n_ref, n_q = ref_q.shape
+    n_cand = cand_q.shape[0]
+    idx = np.full((n_ref, n_keep), -1, np.int64)
+    n_found = np.zeros(n_ref, np.int64)
+    d = np.empty(n_cand, np.float32)
+    for g in range(n_ref):
+        for c in range(n_cand):
+            acc = np.float32(0.0)
+            for q in range(n_q):
+                a = ref_q[g, q]
+                b = cand_q[c, q]
+                den = a + b
+                if den != 0:
+                    acc = np.float32(acc + np.float32(abs(a - b) / den))
+                elif a != b:  # NaN-producing terms only arise from 0/0, which is skipped
+                    acc = np.float32(acc + np.float32(np.inf))
+            d[c] = acc
+        order = np.argsort(d, kind="mergesort")  # stable: ties by candidate position
+        k = 0
+        for o in order:
+            if d[o] > 0:
+                idx[g, k] = o
+                k += 1
+                if k == n_keep:
+                    break
+        n_found[g] = k
+    return idx, n_found
+
+
+@njit(cache=True)
+def accept_pairs(a, b, lig, rec, taken, out_l, out_r, n, n_pairs):
+    """Sequential rejection of candidate draws (positions ``a`` into ``lig``, ``b`` into ``rec``).
+
+    A draw is kept unless l == r or the pair was drawn before (``taken``, (n_l, n_r) bool, updated).
+    Fills ``out_l``/``out_r`` from position ``n``; returns the new count (stops at ``n_pairs``).
+    """
+    for k in range(a.shape[0]):
+        if n == n_pairs:
+            break
+        l = lig[a[k]]
+        r = rec[b[k]]
+        if l == r or taken[a[k], b[k]]:
+            continue
+        taken[a[k], b[k]] = True
+        out_l[n] = l
+        out_r[n] = r
+        n += 1
+    return n

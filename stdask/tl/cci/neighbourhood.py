@@ -126,8 +126,7 @@ def neighbour_means_sparse(nb: Neighbourhood, X: sp.spmatrix) -> sp.csr_matrix:
     if nb.order is not None:
         return sp.csr_matrix(neighbour_means(nb, X))
     sums = nb.W @ sp.csr_matrix(X, dtype=np.float64)
-    sums = sp.csr_matrix(sums)
-    sums.sort_indices()
+    sums = sp.csr_matrix(sums)  # indices left unsorted: consumers scatter rows into dense vectors
     if nb.within:
         return sums
     nz = nb.counts > 0

@@ -9,6 +9,8 @@ import hashlib
 
 import numpy as np
 
+from .kernels import accept_pairs
+
 
 def lr_key(name: str) -> int:
     """A stable 64-bit key of an LR name (BLAKE2b of its UTF-8 bytes)."""
@@ -21,6 +23,14 @@ def stream(seed: int, name: str, *extra: int) -> np.random.Generator:
     for e in extra:
         key = lr_key(f"{key}:{int(e)}")
     return np.random.Generator(np.random.Philox(key=[int(seed) & (2**64 - 1), key]))
+
+
+def check_possible(lig_genes: np.ndarray, rec_genes: np.ndarray, n_pairs: int, name: str) -> None:
+    """Raise if fewer than ``n_pairs`` distinct pairs (l, r), l != r, exist (stLearn would loop for ever, Q17)."""
+    n_possible = len(lig_genes) * len(rec_genes) - len(np.intersect1d(lig_genes, rec_genes))
+    if n_pairs > n_possible:
+        raise ValueError(f"{name}: only {n_possible} distinct background pairs exist from {len(lig_genes)} x "
+                         f"{len(rec_genes)} matched genes, fewer than n_pairs={n_pairs}; lower n_pairs")
 
 
 def random_pairs(lig_genes: np.ndarray, rec_genes: np.ndarray, n_pairs: int, seed: int, name: str) -> np.ndarray:
@@ -44,30 +54,16 @@ def random_pairs(lig_genes: np.ndarray, rec_genes: np.ndarray, n_pairs: int, see
     """
     lig_genes = np.asarray(lig_genes, dtype=np.int64)
     rec_genes = np.asarray(rec_genes, dtype=np.int64)
-    n_possible = len(lig_genes) * len(rec_genes) - len(np.intersect1d(lig_genes, rec_genes))
-    if n_pairs > n_possible:
-        raise ValueError(f"{name}: only {n_possible} distinct background pairs exist from {len(lig_genes)} x "
-                         f"{len(rec_genes)} matched genes, fewer than n_pairs={n_pairs}; lower n_pairs")
+    check_possible(lig_genes, rec_genes, n_pairs, name)
     rng = stream(seed, name)
-    got_l: list[np.ndarray] = []
-    got_r: list[np.ndarray] = []
-    seen = np.empty(0, dtype=np.int64)
+    taken = np.zeros((len(lig_genes), len(rec_genes)), dtype=np.bool_)
+    out_l = np.empty(n_pairs, dtype=np.int64)
+    out_r = np.empty(n_pairs, dtype=np.int64)
     n = 0
     while n < n_pairs:
-        m = max(2 * (n_pairs - n), 64)
-        u = rng.random((m, 2))
-        li = lig_genes[(u[:, 0] * len(lig_genes)).astype(np.int64)]
-        ri = rec_genes[(u[:, 1] * len(rec_genes)).astype(np.int64)]
-        ok = li != ri
-        code = li * (2**31) + ri
-        # first occurrence inside the batch, then not seen in earlier batches
-        _, first = np.unique(code, return_index=True)
-        firstmask = np.zeros(m, dtype=bool)
-        firstmask[first] = True
-        ok &= firstmask & ~np.isin(code, seen)
-        idx = np.flatnonzero(ok)[: n_pairs - n]
-        got_l.append(li[idx])
-        got_r.append(ri[idx])
-        seen = np.concatenate([seen, code[idx]])
-        n += len(idx)
-    return np.column_stack([np.concatenate(got_l), np.concatenate(got_r)])
+        # batches of uniform draws; acceptance is sequential, so the pairs equal one-at-a-time rejection
+        u = rng.random((max(2 * (n_pairs - n), 64), 2))
+        a = (u[:, 0] * len(lig_genes)).astype(np.int64)
+        b = (u[:, 1] * len(rec_genes)).astype(np.int64)
+        n = accept_pairs(a, b, lig_genes, rec_genes, taken, out_l, out_r, n, n_pairs)
+    return np.column_stack([out_l, out_r])

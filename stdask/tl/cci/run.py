@@ -29,9 +29,10 @@ from ...tilemap import map_tiles
 from .correction import adjust_grouped
 from .database import LRPairs, as_pairs
 from .features import QUANTILES, column_quantiles, lr_features, matched_genes, nonzero_median
+from .background import Background, BackgroundPairs, background_tables
 from .kernels import background_counts, pair_scores
 from .neighbourhood import neighbour_means, neighbour_means_sparse, tile_neighbourhood
-from .pairs import random_pairs
+from .pairs import check_possible
 from .result import CCIResult
 
 REFERENCE = "stLearn 1.2.2"
@@ -94,14 +95,19 @@ def _pass1(tile: Tile, *, radius: float, genes: np.ndarray, lcol: np.ndarray, rc
             "min_value": float(own.data.min()) if own.nnz else 0.0}
 
 
-def _pass2(tile: Tile, *, radius: float, genes: np.ndarray, lcol: np.ndarray, rcol: np.ndarray, min_expr: float,
-           order_of: Mapping | None, pl: np.ndarray, pr: np.ndarray, n_pairs: int, adj_method: str) -> dict:
-    """Observed scores of the valid pairs, background exceedance counts and per-spot adjusted p-values."""
+def _pass2(tile: Tile, *, radius: float, columns: np.ndarray, genes: np.ndarray, lcol: np.ndarray,
+           rcol: np.ndarray, min_expr: float, order_of: Mapping | None, tables: tuple, n_pairs: int,
+           adj_method: str) -> dict:
+    """Observed scores of the valid pairs, background exceedance counts and per-spot adjusted p-values.
+
+    Only ``columns`` (the var indices of the LR genes and of their matched genes) are read; ``genes``,
+    ``lcol``/``rcol`` and the pair tables index into them.
+    """
+    pl, pr = tables
     nb = tile_neighbourhood(tile, radius, order_of=order_of)
-    X = sp.csr_matrix(_tile_matrix(tile), dtype=np.float64)
+    X = sp.csr_matrix(_tile_matrix(tile)[:, columns], dtype=np.float64)
     means = neighbour_means_sparse(nb, X)
     x_own = X[: tile.n_own]
-    x_own.sort_indices()
     rows, pair, score = _observed(x_own[:, genes], lambda a, b: np.asarray(means[a:b][:, genes].toarray()),
                                   lcol, rcol, min_expr)
     t_ptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=tile.n_own))]).astype(np.int64)
@@ -308,21 +314,18 @@ def run(
                         np.array([zero[int(g)] for g in vl]), np.array([zero[int(g)] for g in vr]), names)
 
     # ---- matched genes and background pairs -----------------------------------------------------------------
-    matched: dict[int, np.ndarray] = {}
-    short = []
-    for g in np.unique(np.concatenate([vl, vr])):
-        idx, few = matched_genes(gq[int(g)].astype(np.float32), cand_q, n_genes)
-        matched[int(g)] = candidates[idx]
-        if few:
-            short.append(var[g])
+    match_genes = np.unique(np.concatenate([vl, vr]))
+    idx, n_found = matched_genes(np.array([gq[int(g)] for g in match_genes]), cand_q.T, n_genes)
+    matched = {int(g): candidates[idx[k, :n_found[k]]] for k, g in enumerate(match_genes)}
+    short = [var[g] for k, g in enumerate(match_genes) if n_found[k] < n_genes]
     if short:
         warnings.warn(f"fewer than {n_genes} matched background genes for {len(short)} gene(s) (e.g. {short[:3]}); "
                       "using those available", stacklevel=2)
-    pl = np.empty((len(names), n_pairs), dtype=np.int32)
-    pr = np.empty((len(names), n_pairs), dtype=np.int32)
-    drawn = {}
-    for j, name in enumerate(names):
-        if background_pairs is not None:
+    replay = None
+    if background_pairs is not None:
+        pl = np.empty((len(names), n_pairs), dtype=np.int32)
+        pr = np.empty_like(pl)
+        for j, name in enumerate(names):
             if name not in background_pairs:
                 raise KeyError(f"background_pairs has no entry for valid pair {name!r}")
             gp = np.asarray(background_pairs[name])
@@ -331,22 +334,28 @@ def run(
                 raise ValueError(f"background_pairs[{name!r}] names genes not in var_names")
             if len(bp) != n_pairs:
                 raise ValueError(f"background_pairs[{name!r}] has {len(bp)} pairs; n_pairs is {n_pairs}")
-        else:
-            bp = random_pairs(matched[int(vl[j])], matched[int(vr[j])], n_pairs, seed, name)
-        drawn[name] = bp
-        pl[j], pr[j] = bp[:, 0], bp[:, 1]
+            pl[j], pr[j] = bp[:, 0], bp[:, 1]
+        replay = (pl, pr)
+    else:
+        for j, name in enumerate(names):  # fail here, not in a task, if a pair has too few distinct draws
+            check_possible(matched[int(vl[j])], matched[int(vr[j])], n_pairs, name)
+    bg = Background(names, vl, vr, matched, int(n_pairs), int(seed), replay)
 
     # ---- pass 2: backgrounds, p-values, per-spot BH -----------------------------------------------------------
-    genes2 = np.unique(np.concatenate([vl, vr]))
-    pos2 = {g: k for k, g in enumerate(genes2)}
+    # pass 2 reads only the genes the LRs and their backgrounds use (a few thousand of a 20-30k panel)
+    bg_genes = [np.ravel(t) for t in (replay if replay is not None else matched.values())]
+    columns = np.unique(np.concatenate([vl, vr, *bg_genes]))
+    genes2 = np.searchsorted(columns, np.unique(np.concatenate([vl, vr])))
+    pos2 = {g: k for k, g in enumerate(np.unique(np.concatenate([vl, vr])))}
     lcol2 = np.array([pos2[g] for g in vl])
     rcol2 = np.array([pos2[g] for g in vr])
-    # one shared copy of the pair tables for all tasks, not one per task
-    pl_d, pr_d = dask.delayed(pl, pure=True), dask.delayed(pr, pure=True)
+    # the tables are expanded once, by one task, and shared by all tiles (the graph carries the recipe)
+    tables_d = dask.delayed(background_tables, pure=True)(bg, columns)
     order_d = dask.delayed(order_of, pure=True, traverse=False) if order_of is not None else None
     res2 = map_tiles(ds, _pass2, halo=radius, layer=layer, rows_per_task=rows_per_task, scheduler=scheduler,
-                     progress=progress, desc="cci: backgrounds", radius=radius, genes=genes2, lcol=lcol2,
-                     rcol=rcol2, min_expr=min_expr, order_of=order_d, pl=pl_d, pr=pr_d, n_pairs=n_pairs,
+                     progress=progress, desc="cci: backgrounds", radius=radius, columns=columns, genes=genes2,
+                     lcol=lcol2,
+                     rcol=rcol2, min_expr=min_expr, order_of=order_d, tables=tables_d, n_pairs=n_pairs,
                      adj_method=adj_method)
     out = [r for _, r in res2]
     rows = np.concatenate([o["rows"] for o in out])
@@ -362,7 +371,7 @@ def run(
                 "adj_method": adj_method, "pval_adj_cutoff": float(pval_adj_cutoff), "layer": layer,
                 "replayed_background": background_pairs is not None, "exact_order": order_of is not None,
                 "seconds": round(time.perf_counter() - t_start, 3)},
-        background_pairs={k: var.to_numpy()[v] for k, v in drawn.items()} if len(drawn) <= 5000 else None,
+        background_pairs=BackgroundPairs(bg, var.to_numpy()),
     )
     if write:
         result.store(ds)

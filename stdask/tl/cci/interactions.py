@@ -1,0 +1,587 @@
+"""``stdask.tl.cci.run_cci``: stLearn's cell-type x cell-type interaction counts per LR pair, with a
+label-permutation test.
+
+For every tested LR the qualifying spot edges (a significant spot next to a spot expressing the partner
+gene) are built once, as integer arrays; they do not depend on the labels. The observed matrix M and every
+permuted M^k are then one pass over those edges (O(E) per permutation, no strings). LRs are processed in
+dask tasks, and permutation k of an LR is drawn from a counter-based Philox stream keyed by
+(seed, LR name, k[, column]), so results are identical for any number of workers and any task split.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask
+import dask.system
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from ...dataset import SpatialDataset
+from . import interaction_kernels as ik
+from .pairs import lr_key
+from .result import CCIResult
+
+REFERENCE = "stLearn 1.2.2"
+#: deviations from the reference (spec section 15) that apply to run_cci; Q5/Q6 are quirks kept for parity
+DEVIATIONS = ("Q3", "Q5", "Q6", "Q10", "Q13", "Q19")
+KEY_PREFIX = "cci_interactions_"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the result
+# ---------------------------------------------------------------------------------------------------------
+@dataclass
+class CCIInteractions:
+    """Cell-type interaction results of :func:`run_cci` for one label.
+
+    Rows of every T x T matrix are the type of the significant (sender) spot, columns the type of its
+    neighbour (receiver).
+
+    Attributes
+    ----------
+    label
+        ``use_label`` exactly as passed (the suffix of stLearn's keys).
+    lrs
+        (n_lr,) str: the tested LRs, in ``lr_summary`` order.
+    types
+        (T,) str: the cell types, in matrix order.
+    raw
+        (n_lr, T, T) int64 observed counts M (distinct spot pairs).
+    sig
+        (n_lr, T, T) int64 M with entries of p > ``p_cutoff`` set to 0.
+    pvals
+        (n_lr, T, T) float64 permutation p-values #{k : M^k >= M} / n_perms (1 where M = 0 or n_perms = 0).
+    lr_summary
+        ``lr_summary`` with int64 ``n_cci_sig_<label>``, ``n-spot_cci_<label>``, ``n-spot_cci_sig_<label>``.
+    n_perms, seed, p_cutoff
+        As passed.
+    stale
+        True once ``adj_pvals`` changed the significance calls these counts were made from.
+    params
+        Provenance: reference, deviations, mode and the other arguments.
+    """
+
+    label: str
+    lrs: np.ndarray
+    types: np.ndarray
+    raw: np.ndarray
+    sig: np.ndarray
+    pvals: np.ndarray
+    lr_summary: pd.DataFrame
+    n_perms: int
+    seed: int
+    p_cutoff: float
+    stale: bool = False
+    params: dict = field(default_factory=dict)
+
+    # ---- stLearn's views ---------------------------------------------------------------------------------
+    def _frame(self, m: np.ndarray) -> pd.DataFrame:
+        t = pd.Index(self.types.astype(str))
+        return pd.DataFrame(m, index=t.copy(), columns=t.copy())
+
+    @property
+    def lr_cci(self) -> pd.DataFrame:
+        """Sum over LRs of the significant counts (stLearn ``uns['lr_cci_<label>']``)."""
+        return self._frame(self.sig.sum(axis=0).astype(np.int64))
+
+    @property
+    def lr_cci_raw(self) -> pd.DataFrame:
+        """Sum over LRs of the raw counts (stLearn ``uns['lr_cci_raw_<label>']``)."""
+        return self._frame(self.raw.sum(axis=0).astype(np.int64))
+
+    def per_lr(self, kind: str = "sig") -> dict[str, pd.DataFrame]:
+        """``{lr: T x T DataFrame}`` of ``kind`` = ``'sig'``, ``'raw'`` or ``'pvals'``."""
+        arr = {"sig": self.sig, "raw": self.raw, "pvals": self.pvals}[kind]
+        return {str(lr): self._frame(arr[i]) for i, lr in enumerate(self.lrs)}
+
+    def stlearn_uns(self) -> dict[str, Any]:
+        """stLearn's ``uns`` entries: ``lr_summary``, ``lr_cci_<label>``, ``lr_cci_raw_<label>``,
+        ``per_lr_cci_<label>``, ``per_lr_cci_pvals_<label>`` and ``per_lr_cci_raw_<label>``."""
+        lab = self.label
+        return {"lr_summary": self.lr_summary,
+                f"lr_cci_{lab}": self.lr_cci,
+                f"lr_cci_raw_{lab}": self.lr_cci_raw,
+                f"per_lr_cci_{lab}": self.per_lr("sig"),
+                f"per_lr_cci_pvals_{lab}": self.per_lr("pvals"),
+                f"per_lr_cci_raw_{lab}": self.per_lr("raw")}
+
+    # ---- storage -----------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The stored form (``uns['cci_interactions_<label>']``)."""
+        return {"lrs": np.asarray(self.lrs, dtype=str), "types": np.asarray(self.types, dtype=str),
+                "raw": np.asarray(self.raw, dtype=np.int64), "sig": np.asarray(self.sig, dtype=np.int64),
+                "pvals": np.asarray(self.pvals, dtype=np.float64), "n_perms": int(self.n_perms),
+                "seed": int(self.seed), "p_cutoff": float(self.p_cutoff), "stale": bool(self.stale),
+                "params": _plain(self.params)}
+
+    @classmethod
+    def from_dict(cls, label: str, d: dict, lr_summary: pd.DataFrame) -> "CCIInteractions":
+        n_lr = len(d["lrs"])
+        T = len(d["types"])
+        shape = (n_lr, T, T)
+        return cls(str(label), _strs(d["lrs"]), _strs(d["types"]),
+                   np.asarray(d["raw"], dtype=np.int64).reshape(shape),
+                   np.asarray(d["sig"], dtype=np.int64).reshape(shape),
+                   np.asarray(d["pvals"], dtype=np.float64).reshape(shape), lr_summary, int(d["n_perms"]),
+                   int(d["seed"]), float(d["p_cutoff"]), bool(d.get("stale", False)), dict(d.get("params", {})))
+
+    def store(self, ds: SpatialDataset) -> None:
+        """Attach to ``ds`` (written by ``ds.write()``): the updated ``uns['lr_summary']``, the two summed
+        T x T DataFrames ``uns['lr_cci_<label>']`` / ``uns['lr_cci_raw_<label>']`` and the per-LR arrays
+        ``uns['cci_interactions_<label>']`` (the AnnData export rebuilds stLearn's per-LR dicts from them)."""
+        ds.set_result("uns", "lr_summary", self.lr_summary)
+        ds.set_result("uns", f"lr_cci_{self.label}", self.lr_cci)
+        ds.set_result("uns", f"lr_cci_raw_{self.label}", self.lr_cci_raw)
+        ds.set_result("uns", KEY_PREFIX + self.label, self.to_dict())
+
+    @classmethod
+    def load(cls, ds: SpatialDataset, use_label: str) -> "CCIInteractions":
+        """Read results stored by :meth:`store` (pending or written); warns when they are stale."""
+        try:
+            d = ds.get_result("uns", KEY_PREFIX + use_label)
+        except KeyError:
+            raise KeyError(f"no run_cci results for use_label={use_label!r} in {ds.path}; run "
+                           f"stdask.tl.cci.run_cci(ds, {use_label!r}, write=True) first") from None
+        out = cls.from_dict(use_label, d, ds.get_result("uns", "lr_summary"))
+        if out.stale:
+            warnings.warn(f"run_cci results for {use_label!r} are stale: adj_pvals changed the significance "
+                          "calls they were computed from; re-run run_cci", stacklevel=2)
+        return out
+
+
+def _strs(a) -> np.ndarray:
+    """A stored string array (numpy StringDType, object or unicode) as a unicode array."""
+    return np.array([str(x) for x in np.asarray(a).tolist()], dtype=str)
+
+
+def _plain(v):
+    """Provenance values as types every store encoding accepts."""
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items() if x is not None}
+    if isinstance(v, (list, tuple)):
+        return np.asarray([str(x) for x in v], dtype=str)
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    return v
+
+
+def interaction_keys(ds: SpatialDataset) -> list[str]:
+    """``uns`` keys of run_cci results on ``ds`` (pending or stored)."""
+    keys = {k for slot, k in ds.pending if slot == "uns"}
+    try:
+        keys |= set(ds.store.table["uns"].keys()) if "uns" in ds.store.table else set()
+    except Exception:  # an unreadable uns group has no run_cci results we could mark
+        pass
+    return sorted(k for k in keys if k.startswith(KEY_PREFIX))
+
+
+def mark_stale(ds: SpatialDataset) -> list[str]:
+    """Flag every run_cci result on ``ds`` as stale (pending until ``ds.write()``); returns their keys.
+
+    Called by ``adj_pvals``: new significance calls invalidate the interaction counts (Q19).
+    """
+    keys = interaction_keys(ds)
+    for k in keys:
+        d = dict(ds.get_result("uns", k))
+        d["stale"] = True
+        ds.set_result("uns", k, d)
+    return keys
+
+
+def export_stlearn_interactions(ds, adata) -> None:
+    """AnnData export: stLearn's ``lr_cci_*`` / ``per_lr_cci_*`` keys from stored run_cci results."""
+    summary = adata.uns.get("lr_summary")
+    for key in [k for k in list(adata.uns.keys()) if str(k).startswith(KEY_PREFIX)]:
+        inter = CCIInteractions.from_dict(key[len(KEY_PREFIX):], adata.uns[key], summary)
+        for k, v in inter.stlearn_uns().items():
+            if k != "lr_summary":
+                adata.uns[k] = v
+
+
+# ---------------------------------------------------------------------------------------------------------
+# inputs
+# ---------------------------------------------------------------------------------------------------------
+def _keys_of(use_label: str) -> tuple[str, str]:
+    if use_label in ("label_transfer", "predictions"):
+        return "predictions", "label_transfer"
+    return use_label, use_label
+
+
+def _labels(ds: SpatialDataset, obs_key: str) -> np.ndarray:
+    obs = ds.obs
+    if obs_key not in obs.columns:
+        raise ValueError(f"obs has no column {obs_key!r} (needed even in mixture mode); obs columns: "
+                         f"{list(obs.columns)}")
+    col = obs[obs_key]
+    if col.isna().any():
+        raise ValueError(f"obs[{obs_key!r}] has {int(col.isna().sum())} missing labels; fill or drop them first")
+    return col.astype(str).to_numpy()
+
+
+def _mixture(ds: SpatialDataset, key, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(types, D): the proportion table aligned to ``ds.obs_names`` by barcode, columns by exact name."""
+    if isinstance(key, pd.DataFrame):
+        table, where = key, "the mixture table"
+    else:
+        try:
+            table = ds.get_result("uns", key)
+        except KeyError:
+            raise ValueError(f"spot_mixtures=True but there is no proportion table uns[{key!r}]; attach it with "
+                             f"ds.set_result('uns', {key!r}, DataFrame) (rows = obs names, columns = cell "
+                             "types) or pass mixture_key=") from None
+        where = f"uns[{key!r}]"
+    if not isinstance(table, pd.DataFrame):
+        raise ValueError(f"{where} must be a DataFrame (rows = obs names, columns = cell types), got "
+                         f"{type(table).__name__}")
+    table = table.copy()
+    table.index = table.index.astype(str)
+    table.columns = table.columns.astype(str)
+    if table.index.has_duplicates:
+        dup = table.index[table.index.duplicated()].unique()
+        raise ValueError(f"{where} has duplicated row names, e.g. {list(dup[:5])}")
+    if table.columns.has_duplicates:
+        raise ValueError(f"{where} has duplicated columns {list(table.columns[table.columns.duplicated()])}")
+    obs_names = pd.Index(ds.obs_names).astype(str)
+    missing_rows = obs_names[~obs_names.isin(table.index)]
+    all_set = np.unique(labels)
+    missing_cols = [t for t in all_set if t not in table.columns]
+    if len(missing_rows) or missing_cols:
+        msg = [f"{where} does not match the dataset:"]
+        if missing_cols:
+            msg.append(f"cell types (labels of obs) missing from its columns: {missing_cols}; columns are "
+                       f"{list(table.columns)} (names must match exactly)")
+        if len(missing_rows):
+            msg.append(f"{len(missing_rows)} of {len(obs_names)} observations missing from its rows, e.g. "
+                       f"{list(missing_rows[:5])}")
+        raise ValueError("\n  ".join(msg))
+    types = table.columns.to_numpy(dtype=str) if table.shape[1] > len(all_set) else all_set
+    D = table.loc[obs_names, list(types)].to_numpy(dtype=np.float64)
+    if not np.isfinite(D).all():
+        raise ValueError(f"{where} has NaN or infinite proportions")
+    return np.asarray(types, dtype=str), D
+
+
+def _expr_block(block, start: int, genes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(gene position, global row) of every entry > 0 of the given genes in one row block."""
+    x = sp.csc_matrix(sp.csr_matrix(block)[:, genes])
+    pos = x.data > 0
+    col = np.repeat(np.arange(len(genes)), np.diff(x.indptr))
+    return col[pos], x.indices[pos].astype(np.int64) + start
+
+
+def _expressed(ds: SpatialDataset, genes: np.ndarray, layer: str, scheduler, progress) -> tuple[np.ndarray, np.ndarray]:
+    """CSC-like (ptr, rows) of the rows with value > 0 of each gene (rows ascending), one task per row chunk."""
+    from ...cluster import compute
+
+    arr = ds.matrix(layer)
+    starts = np.concatenate([[0], np.cumsum(arr.chunks[0])])
+    blocks = arr.to_delayed().ravel()
+    f = dask.delayed(_expr_block, pure=True)
+    res = compute(*[f(blk, int(starts[i]), genes) for i, blk in enumerate(blocks)], scheduler=scheduler,
+                  progress=progress, desc="run_cci: expression")
+    col = np.concatenate([r[0] for r in res] + [np.empty(0, np.int64)])
+    rows = np.concatenate([r[1] for r in res] + [np.empty(0, np.int64)])
+    order = np.lexsort((rows, col))
+    ptr = np.concatenate([[0], np.cumsum(np.bincount(col, minlength=len(genes)))]).astype(np.int64)
+    return ptr, rows[order]
+
+
+def _graph(ds: SpatialDataset, radius: float, scheduler, progress) -> sp.csr_matrix:
+    """The radius graph ``run`` used: a stored one with the same radius (no library split), or built now."""
+    try:
+        meta = ds.get_result("uns", "spatial_neighbors")
+        prm = dict(meta.get("params", {}))
+        if (prm.get("method") == "radius" and "library_key" not in prm
+                and float(prm.get("distance", -1)) == float(radius)):
+            return sp.csr_matrix(ds.get_result("obsp", str(meta.get("connectivities_key", "spatial_connectivities"))))
+    except (KeyError, TypeError, ValueError):
+        pass
+    from ...gr import spatial_neighbors
+
+    return spatial_neighbors(ds, distance=radius, copy=True, scheduler=scheduler, progress=progress,
+                             verbose=False).connectivities
+
+
+def _batches(cost: np.ndarray, lrs_per_task: int | None) -> list[tuple[int, int]]:
+    n = len(cost)
+    if lrs_per_task is not None:
+        if int(lrs_per_task) < 1:
+            raise ValueError(f"lrs_per_task must be >= 1, got {lrs_per_task}")
+        step = int(lrs_per_task)
+        return [(a, min(a + step, n)) for a in range(0, n, step)]
+    n_tasks = max(1, min(n, 4 * dask.system.CPU_COUNT))
+    target = cost.sum() / n_tasks
+    out, a, acc = [], 0, 0.0
+    for j in range(n):
+        acc += cost[j]
+        if acc >= target and j + 1 < n:
+            out.append((a, j + 1))
+            a, acc = j + 1, 0.0
+    out.append((a, n))
+    return out
+
+
+def _batch_task(data, a: int, b: int, e_ptr, eu, ev, mut, k_ptr, endpoints, keys, n_perms: int, columns):
+    """One dask task: LRs a..b-1 (``data`` is the shared (N,) codes or (N, T) presence array)."""
+    ea, eb = e_ptr[a], e_ptr[b]
+    ka, kb = k_ptr[a], k_ptr[b]
+    args = (e_ptr[a:b + 1] - ea, eu[ea:eb], ev[ea:eb], mut[ea:eb], k_ptr[a:b + 1] - ka, endpoints[ka:kb],
+            keys[a:b], int(n_perms), ik.STREAM_TAG)
+    if columns is None:
+        codes, T = data
+        return ik.discrete_batch(codes, T, *args)
+    return ik.sets_batch(data, bool(columns), *args)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# run_cci
+# ---------------------------------------------------------------------------------------------------------
+def run_cci(
+    ds: SpatialDataset,
+    use_label: str,
+    result: CCIResult | None = None,
+    min_spots: int = 3,
+    sig_spots: bool = True,
+    spot_mixtures: bool = False,
+    cell_prop_cutoff: float = 0.2,
+    p_cutoff: float = 0.05,
+    n_perms: int = 100,
+    seed: int = 0,
+    mixture_key: str | pd.DataFrame | None = None,
+    n_cpus: int | None = None,
+    scheduler=None,
+    progress: bool = True,
+    write: bool = False,
+    lrs_per_task: int | None = None,
+) -> CCIInteractions:
+    """Cell-type x cell-type interactions per LR pair, as stLearn ``st.tl.cci.run_cci``.
+
+    For each tested LR (L, R), an oriented edge u -> v *qualifies* when v is a neighbour of u (the
+    neighbourhood ``run`` used: same radius, or u itself in within-spot mode), u is significant for the LR,
+    and (L expressed in u and R in v) or (R in u and L in v), expression meaning a value > 0 in the layer
+    ``run`` analysed. M[a, b] counts the distinct spot pairs joined by a qualifying edge whose **sender**
+    (the significant spot, the row) holds type a and whose **receiver** (its neighbour, the column) holds
+    type b; a pair qualifying in both directions counts once per cell. Labels are then permuted
+    ``n_perms`` times (discrete: the rows of the one-hot table with one permutation of all N spots; mixture:
+    each type's column independently) and p[a, b] = #{k : M^k[a, b] >= M[a, b]} / n_perms.
+
+    Parameters
+    ----------
+    ds
+        The dataset ``run`` analysed.
+    use_label
+        obs column of discrete labels, required in mixture mode too (``'label_transfer'`` or
+        ``'predictions'``: obs ``'predictions'``, uns ``'label_transfer'``). Types T are the sorted unique
+        labels (as strings).
+    result
+        The :class:`CCIResult` of ``run`` (default: the one stored on ``ds``).
+    min_spots
+        LRs with ``n_spots_sig > min_spots`` (``sig_spots=True``) or ``n_spots > min_spots`` are tested
+        (strict).
+    sig_spots
+        Senders are the spots significant for the LR (``lr_sig_scores > 0``); ``False``: every spot with
+        ``lr_scores > 0``.
+    spot_mixtures
+        Use a proportion table (rows = obs names, columns = cell types) instead of one label per spot:
+        ``uns[use_label]`` or ``mixture_key``. Rows are aligned by barcode, columns matched by exact name;
+        if the table has more columns than there are labels, T is its columns in table order.
+    cell_prop_cutoff
+        Type t is present in a spot iff its proportion > ``cell_prop_cutoff`` (strict; one-hot labels
+        count as proportions 0/1).
+    p_cutoff
+        ``sig`` keeps entries with p <= ``p_cutoff``; ``n_cci_sig`` counts p < ``p_cutoff`` (Q5).
+    n_perms
+        Permutations; 0 gives raw counts only, with p = 1 everywhere.
+    seed
+        Keys the random streams: permutation k of LR j is drawn from the stream of
+        ``np.random.Philox(key=np.array([seed, lr_key(name)], dtype=np.uint64), counter=[0, column, k,
+        STREAM_TAG])`` (``lr_key``: BLAKE2b-64 of the name; column 0 for row permutations).
+    mixture_key
+        uns key (or the DataFrame itself) of the proportion table, overriding the default.
+    n_cpus
+        Ignored (the dask cluster sets the parallelism); accepted for stLearn compatibility.
+    scheduler, progress
+        Where the tasks run and whether to show progress (:func:`stdask.cluster.compute`).
+    write
+        Also store the results into ``ds`` (pending until ``ds.write()``; see :meth:`CCIInteractions.store`).
+    lrs_per_task
+        LRs per dask task (default: about 4 tasks per core, balanced by cost). Results do not depend on it.
+
+    Returns
+    -------
+    :class:`CCIInteractions`; ``.stlearn_uns()`` gives stLearn's keys: ``lr_summary`` with int64
+    ``n_cci_sig_<label>`` (#p < p_cutoff), ``n-spot_cci_<label>`` (sum M) and ``n-spot_cci_sig_<label>``
+    (sum of the significant M), 0 for untested LRs; ``lr_cci_<label>`` / ``lr_cci_raw_<label>`` (T x T
+    sums over LRs, index = sender type, columns = receiver type); ``per_lr_cci_<label>``,
+    ``per_lr_cci_pvals_<label>`` and ``per_lr_cci_raw_<label>`` ({LR: T x T DataFrame}).
+
+    Differences from stLearn 1.2.2
+    ------------------------------
+    - Q3: permutations come from counter-based Philox streams keyed by (seed, LR name, permutation
+      index[, column]) instead of numba's unseeded RNG: reproducible, identical for any number of workers
+      or tasks. Spots are put in obs-name order before sampling, so the store's row order (its tiling)
+      does not change the draws either.
+    - A permutation needs the permuted labels only at the K endpoints of the LR's qualifying edges, so
+      stdask draws those directly: an ordered sample of K distinct spots without replacement (a partial
+      Fisher-Yates shuffle, O(K)), giving endpoint i the label of the i-th sampled spot. For a uniform
+      random permutation pi of all N spots, (pi(u_1), ..., pi(u_K)) is exactly such a sample, so M^k has
+      exactly the distribution of stLearn's full row (or, per column, column) permutation. Each step draws
+      an exactly uniform integer (32-bit draws, Lemire's multiply-shift with rejection; N < 2**32).
+    - Q10: the mixture table's rows are aligned by barcode (extra rows ignored) and its columns matched by
+      exact name, with errors listing what is missing; stLearn requires rows in obs order and takes the
+      first column whose name *contains* the label. A missing table raises instead of falling back to
+      discrete mode, and missing labels (NaN) raise instead of becoming the type ``'nan'``.
+    - Q13: the three ``lr_summary`` columns are int64 (float64 in stLearn).
+    - Q19: ``adj_pvals`` marks stored results stale (``stale=True``) and :meth:`CCIInteractions.load`
+      warns.
+    - Kept for parity: p == p_cutoff stays in ``sig`` but is not counted in ``n_cci_sig`` (Q5); no
+      pseudo-count, so p = 0 is possible (Q6); a mixture table whose entries are all 0 or 1 is permuted
+      by rows, as stLearn decides "discrete" from the content.
+    """
+    t_start = time.perf_counter()
+    if result is None:
+        result = CCIResult.load(ds)
+    n_obs = ds.n_obs
+    if result.scores.shape[0] != n_obs or not pd.Index(result.obs_names).equals(pd.Index(ds.obs_names)):
+        raise ValueError("result does not belong to this dataset (its observations differ); pass the "
+                         "CCIResult that run() returned for ds")
+    n_perms = int(n_perms)
+    if n_perms < 0:
+        raise ValueError(f"n_perms must be >= 0, got {n_perms}")
+    if not 0 <= int(seed) < 2**64:
+        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+    if n_obs >= 2**32:
+        raise ValueError(f"run_cci permutes at most 2**32 - 1 observations; the dataset has {n_obs:,}")
+    obs_key, uns_key = _keys_of(use_label)
+    labels = _labels(ds, obs_key)
+
+    # ---- cell data: types, presence, permutation mode -------------------------------------------------
+    if spot_mixtures:
+        types, D = _mixture(ds, uns_key if mixture_key is None else mixture_key, labels)
+    else:
+        types = np.unique(labels)
+        D = None
+    T = len(types)
+    if D is None:
+        codes = np.searchsorted(types, labels).astype(np.int64)
+        row_perm = True
+        one_label = 0 <= cell_prop_cutoff < 1
+        # one-hot labels with a cutoff outside [0, 1): every type present in every spot, or none
+        pres_rows = None if one_label else np.eye(T)[codes] > cell_prop_cutoff
+    else:
+        row_perm = bool(np.all((D == 0) | (D == 1)))  # stLearn decides "discrete" from the content
+        pres_rows = D > cell_prop_cutoff
+        one_label = row_perm and bool(np.all(pres_rows.sum(axis=1) == 1))
+        codes = np.argmax(pres_rows, axis=1).astype(np.int64) if one_label else None
+    # canonical spot order (by obs name): the draws do not depend on the store's row order
+    canon = np.argsort(pd.Index(ds.obs_names).astype(str).to_numpy(), kind="stable")
+    rank = np.empty(n_obs, np.int64)
+    rank[canon] = np.arange(n_obs)
+    if one_label:
+        shared = (np.ascontiguousarray(codes[canon]), T)
+        columns = None
+    else:
+        shared = np.ascontiguousarray(pres_rows[canon].astype(np.uint8))
+        columns = not row_perm
+
+    # ---- tested LRs and their significant spots -------------------------------------------------------
+    summary = result.lr_summary
+    col = "n_spots_sig" if sig_spots else "n_spots"
+    tested = np.flatnonzero(summary[col].to_numpy() > min_spots)
+    if len(tested) == 0:
+        raise ValueError(f"no LR pair has {col} > min_spots={min_spots}; lower min_spots, use sig_spots=False, "
+                         "or re-run run() with more relaxed parameters")
+    lrs = summary.index.to_numpy()[tested].astype(str)
+    if sig_spots:
+        ok = result.padj.copy()
+        ok.data = (ok.data < result.cutoff).astype(np.float64)
+        sig = sp.csr_matrix(result.scores.multiply(ok)) > 0
+    else:
+        sig = result.scores > 0
+    sig = sp.csc_matrix(sig[:, tested])
+    sig.sort_indices()
+    s_ptr, s_rows = sig.indptr.astype(np.int64), sig.indices.astype(np.int64)
+
+    # ---- expression of the LR genes, the neighbourhood, the edges -------------------------------------
+    var = pd.Index(ds.var_names)
+    lig = var.get_indexer(result.pairs.ligand[tested])
+    rec = var.get_indexer(result.pairs.receptor[tested])
+    if (lig < 0).any() or (rec < 0).any():
+        raise ValueError("the result names LR genes that are not in ds.var_names; pass the result of run() on ds")
+    genes = np.unique(np.concatenate([lig, rec]))
+    layer = str(result.params.get("layer", "X"))
+    x_ptr, x_rows = _expressed(ds, genes, layer, scheduler, progress)
+    radius = float(result.params.get("distance", np.nan))
+    if not np.isfinite(radius):
+        raise ValueError("the result records no neighbourhood distance (params['distance']); re-run run()")
+    within = radius == 0
+    if within:
+        g_ptr, g_idx = np.zeros(n_obs + 1, np.int64), np.zeros(0, np.int64)
+        deg = np.ones(n_obs, np.int64)
+    else:
+        g = _graph(ds, radius, scheduler, progress)
+        g_ptr, g_idx = g.indptr.astype(np.int64), g.indices.astype(np.int64)
+        deg = np.diff(g_ptr)
+    cap = int(deg[s_rows].sum())
+    e_ptr, eu, ev, mut, k_ptr, endpoints = ik.build_edges(
+        n_obs, g_ptr, g_idx, within, s_ptr, s_rows, x_ptr, x_rows, np.searchsorted(genes, lig),
+        np.searchsorted(genes, rec), cap)
+    eu, ev, k_ptr, endpoints = _canonical(eu, ev, e_ptr, k_ptr, rank[endpoints])
+
+    # ---- counting and permutations, in LR batches -----------------------------------------------------
+    keys = np.array([[int(seed), lr_key(name)] for name in lrs], dtype=np.uint64).reshape(-1, 2)
+    n_e, n_k = np.diff(e_ptr), np.diff(k_ptr)
+    cost = (n_perms + 1) * (n_e + n_k * (1 if columns is None else T)) + 1.0
+    batches = _batches(cost, lrs_per_task)
+    from ...cluster import compute
+
+    shared_d = dask.delayed(shared, pure=True)
+    task = dask.delayed(_batch_task, pure=True)
+    arrays = [dask.delayed(a, pure=True) for a in (e_ptr, eu, ev, mut, k_ptr, endpoints, keys)]
+    tasks = [task(shared_d, a, b, *arrays, n_perms, columns) for a, b in batches]
+    out = compute(*tasks, scheduler=scheduler, progress=progress, desc=f"run_cci: {n_perms} permutations")
+    raw = np.concatenate([o[0] for o in out]).reshape(len(lrs), T, T)
+    ge = np.concatenate([o[1] for o in out]).reshape(len(lrs), T, T)
+
+    # ---- p-values, significant counts, summary ---------------------------------------------------------
+    if n_perms > 0:
+        pvals = np.where(raw > 0, ge / float(n_perms), 1.0)
+    else:
+        pvals = np.ones(raw.shape)
+    sig_m = np.where(pvals > p_cutoff, 0, raw).astype(np.int64)
+    new = summary.copy()
+    for name, vals in ((f"n_cci_sig_{use_label}", (pvals < p_cutoff).sum(axis=(1, 2))),
+                       (f"n-spot_cci_{use_label}", raw.sum(axis=(1, 2))),
+                       (f"n-spot_cci_sig_{use_label}", sig_m.sum(axis=(1, 2)))):
+        column = np.zeros(len(new), np.int64)
+        column[tested] = vals
+        new[name] = column
+    inter = CCIInteractions(
+        str(use_label), lrs, np.asarray(types, dtype=str), raw.astype(np.int64), sig_m, pvals, new, n_perms,
+        int(seed), float(p_cutoff), False,
+        {"reference": REFERENCE, "deviations": list(DEVIATIONS), "min_spots": int(min_spots),
+         "sig_spots": bool(sig_spots), "spot_mixtures": bool(spot_mixtures),
+         "cell_prop_cutoff": float(cell_prop_cutoff), "distance": radius,
+         "permutation": "rows" if columns is None or not columns else "columns",
+         "n_edges": int(len(eu)), "seconds": round(time.perf_counter() - t_start, 3)})
+    if write:
+        inter.store(ds)
+    return inter
+
+
+def _canonical(eu, ev, e_ptr, k_ptr, ep_rank):
+    """Renumber each LR's endpoints in canonical (obs-name) order; endpoints become canonical ranks."""
+    n_lr = len(k_ptr) - 1
+    lr_of_k = np.repeat(np.arange(n_lr), np.diff(k_ptr))
+    order = np.lexsort((ep_rank, lr_of_k))  # new position -> old position
+    new_of_old = np.empty(len(order), np.int64)
+    new_of_old[order] = np.arange(len(order))
+    lr_of_e = np.repeat(np.arange(n_lr), np.diff(e_ptr))
+    base = k_ptr[lr_of_e]
+    eu = new_of_old[eu + base] - base
+    ev = new_of_old[ev + base] - base
+    return eu, ev, k_ptr, ep_rank[order]
