@@ -26,7 +26,9 @@ Model
 * Ligand-receptor hotspots: ``n_hotspots`` pairs of connectomeDB2020 (both genes in the panel, no gene
   shared between hotspots, no self pairs), each with a disc; inside it each observation is a "ligand"
   or a "receptor" cell (probability 1/2 each) and the gene of its role is raised
-  (``mu -> 6 * mu + 3 * library_size``), so neighbouring observations co-express the pair.
+  (``mu -> 6 * mu + 3 * library_size``), so neighbouring observations co-express the pair. Outside
+  the discs the hotspot genes have a typical baseline (about the median gene's) with no domain or
+  cell-type structure, so the discs are the planted truth an LR method should recover.
 * Genes: ``round(lr_fraction * n_genes)`` symbols from the packaged connectomeDB2020_lit table (capped
   at the 1,424 it holds), the rest synthetic ``Gene00042``-style names, in random order.
 """
@@ -358,6 +360,16 @@ class SyntheticSlice:
 
         dom_lf = rng.normal(0.0, 0.2, (D, G))
         typ_lf = rng.normal(0.0, 0.25, (T, G))
+        # Hotspot genes: a typical baseline (the middle of the gene distribution, so about the median
+        # gene's detection rate) with no domain or cell-type structure, so their disc is the only place
+        # where ligand and receptor are co-expressed beyond chance. (Set after all draws above, so every
+        # other gene is unchanged.)
+        hot_idx = np.array([gene_pos[g] for g in hot_genes], dtype=np.int64)
+        if hot_idx.size:
+            log_m[hot_idx] = np.quantile(log_m, 0.22) + np.linspace(-0.25, 0.25, hot_idx.size)
+            dom_lf[:, hot_idx] = 0.0
+            typ_lf[:, hot_idx] = 0.0
+            self.theta[hot_idx] = 2.0  # moderate dispersion: most ligand/receptor cells in a disc detect their gene
         for d in range(D):
             dom_lf[d, marker_idx[d]] += np.log(rng.uniform(3.0, 6.0, p.n_markers))
         for t in range(T):
