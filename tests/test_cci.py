@@ -263,7 +263,12 @@ def test_planted_hotspots_on_the_reference_input(ref_ds, reference):
         j = list(res.lrs).index(lr)
         inside = hot == f"H{k}"
         precision.append((sig[:, j] & inside).sum() / sig[:, j].sum())
-        ranks.append(j + 1)
+        # rank among LRs with more significant spots: ties are ordered arbitrarily by stLearn (Q1) and the
+        # planted pairs sit on a steep part of the curve, where one spot moves a pair by ~10 places
+        n_sig = res.lr_summary["n_spots_sig"]
+        ranks.append(int((n_sig > n_sig[lr]).sum()) + 1)
+        ref_n = reference["summary"].loc[lr, "n_spots_sig"]
+        assert abs(n_sig[lr] - ref_n) <= 5, (lr, n_sig[lr], ref_n)  # stLearn vs itself: mean |delta| 1.8
     print("planted precision", np.round(precision, 3), "ranks", ranks)
     assert np.mean(precision) >= 0.8 and min(precision) >= 0.7
     assert max(ranks) <= 120

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import warnings
 
+from .interactions import mark_stale
 from .result import CCIResult
 
 
@@ -31,7 +32,7 @@ def adj_pvals(data, correct_axis: str | None = "spot", pval_adj_cutoff: float = 
         return data.adjusted(correct_axis, pval_adj_cutoff, adj_method)
     res = CCIResult.load(data).adjusted(correct_axis, pval_adj_cutoff, adj_method)
     res.store(data)
-    stale = [k for k in data.store.table["uns"].group_keys() if k.startswith("lr_cci_")] if "uns" in data.store.table else []
+    stale = mark_stale(data)
     if stale:
         warnings.warn(f"adj_pvals changed the significance calls; cell-type interaction results {stale} are stale: "
                       "re-run run_cci", stacklevel=2)

@@ -22,7 +22,8 @@ def stream(seed: int, name: str, *extra: int) -> np.random.Generator:
     key = lr_key(name)
     for e in extra:
         key = lr_key(f"{key}:{int(e)}")
-    return np.random.Generator(np.random.Philox(key=[int(seed) & (2**64 - 1), key]))
+    # an explicit uint64 array: a Python list is converted through float64, which zeroes keys >= 2**63
+    return np.random.Generator(np.random.Philox(key=np.array([int(seed) & (2**64 - 1), key], dtype=np.uint64)))
 
 
 def check_possible(lig_genes: np.ndarray, rec_genes: np.ndarray, n_pairs: int, name: str) -> None:
