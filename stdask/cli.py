@@ -1,4 +1,4 @@
-"""The ``stdask`` command line: ingest, info, demo."""
+"""The ``stdask`` command line: ingest, info, preprocess, cci run, report, demo."""
 from __future__ import annotations
 
 import argparse
@@ -157,6 +157,13 @@ def _cmd_cci_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .tl.cci.report import report
+
+    report(args.store, args.outdir, use_label=args.use_label, n_top_lrs=args.n_top, overwrite=args.overwrite)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -224,6 +231,15 @@ def build_parser() -> argparse.ArgumentParser:
     pcr.add_argument("--out", help="lr_summary.tsv path (default: next to the store)")
     pcr.add_argument("--scheduler", help="dask scheduler address (default: embedded)")
     pcr.set_defaults(func=_cmd_cci_run)
+
+    prp = sub.add_parser("report", help="results folder of the CCI analyses (tables, stLearn plots, hotspot maps, "
+                         "README.md)")
+    prp.add_argument("store", help="a store (or an .h5ad in stLearn's layout) with stdask.tl.cci.run results")
+    prp.add_argument("outdir")
+    prp.add_argument("--use-label", help="label of the run_cci results (default: the only one stored)")
+    prp.add_argument("--n-top", type=int, default=5, help="LR pairs with their own tables and plots")
+    prp.add_argument("--overwrite", action="store_true", help="replace an existing OUTDIR")
+    prp.set_defaults(func=_cmd_report)
 
     pd_ = sub.add_parser("demo", help="synthetic slice -> native files -> ingest -> analyses -> results folder")
     pd_.add_argument("outdir", nargs="?", default="demo_results")
