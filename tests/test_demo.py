@@ -15,5 +15,8 @@ def test_demo_end_to_end(tmp_path):
     assert "lr_summary.tsv" in listed and len(listed) > 8
     for name in listed:
         assert (out / name.rstrip("/")).exists(), name
+    report = (out / "cci_report" / "README.md").read_text()
+    for name in ("lr_summary.tsv", "lr_diagnostic_plots.png", "CCI_heatmap_plots.pdf"):
+        assert name in report and (out / "cci_report" / name).stat().st_size > 0, name
     for png in out.glob("*.png"):
         assert png.stat().st_size > 5_000
