@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,6 +34,8 @@ def _check_gpu() -> None:
     Checked when the backend is chosen, not when the first kernel runs, so a missing CUDA setup is
     reported before any work starts.
     """
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        return  # numba's CUDA simulator: the GPU kernels run (slowly) on the CPU, which is how CI tests them
     try:
         import cupy  # noqa: F401  (imported only to prove it is usable)
     except Exception as exc:  # ImportError, or a CUDA library that fails to load

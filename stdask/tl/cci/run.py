@@ -25,6 +25,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ...dataset import SpatialDataset, Tile
+from ...settings import settings
 from ...tilemap import map_tiles
 from .correction import adjust_grouped
 from .database import LRPairs, as_pairs
@@ -97,7 +98,7 @@ def _pass1(tile: Tile, *, radius: float, genes: np.ndarray, lcol: np.ndarray, rc
 
 def _pass2(tile: Tile, *, radius: float, columns: np.ndarray, genes: np.ndarray, lcol: np.ndarray,
            rcol: np.ndarray, min_expr: float, order_of: Mapping | None, tables: tuple, n_pairs: int,
-           adj_method: str) -> dict:
+           adj_method: str, backend: str = "cpu") -> dict:
     """Observed scores of the valid pairs, background exceedance counts and per-spot adjusted p-values.
 
     Only ``columns`` (the var indices of the LR genes and of their matched genes) are read; ``genes``,
@@ -111,9 +112,14 @@ def _pass2(tile: Tile, *, radius: float, columns: np.ndarray, genes: np.ndarray,
     rows, pair, score = _observed(x_own[:, genes], lambda a, b: np.asarray(means[a:b][:, genes].toarray()),
                                   lcol, rcol, min_expr)
     t_ptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=tile.n_own))]).astype(np.int64)
-    counts = background_counts(x_own.indptr.astype(np.int64), x_own.indices.astype(np.int64), x_own.data,
-                               means.indptr.astype(np.int64), means.indices.astype(np.int64), means.data,
-                               X.shape[1], t_ptr, pair.astype(np.int64), score, pl, pr, float(min_expr))
+    if backend == "gpu":
+        from .kernels_cuda import background_counts_gpu
+
+        counts = background_counts_gpu(x_own, means, rows, pair, score, pl, pr, float(min_expr))
+    else:
+        counts = background_counts(x_own.indptr.astype(np.int64), x_own.indices.astype(np.int64), x_own.data,
+                                   means.indptr.astype(np.int64), means.indices.astype(np.int64), means.data,
+                                   X.shape[1], t_ptr, pair.astype(np.int64), score, pl, pr, float(min_expr))
     p = np.maximum(counts, 1) / float(n_pairs)
     padj = adjust_grouped(p, rows, adj_method)
     return {"rows": tile.rows[rows], "pair": pair, "score": score, "count": counts, "padj": padj}
@@ -356,6 +362,7 @@ def run(
                      progress=progress, desc="cci: backgrounds", radius=radius, columns=columns, genes=genes2,
                      lcol=lcol2,
                      rcol=rcol2, min_expr=min_expr, order_of=order_d, tables=tables_d, n_pairs=n_pairs,
+                     backend=settings.backend,
                      adj_method=adj_method)
     out = [r for _, r in res2]
     rows = np.concatenate([o["rows"] for o in out])
