@@ -38,14 +38,14 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def _synthetic_source(n_obs: int, n_genes: int):
+def _synthetic_source(n_obs: int, n_genes: int, layout: str = "cells", **kwargs):
     """A synthetic slice as an ingest source (obs and coordinates up front, counts streamed)."""
     import pandas as pd
 
     from stdask.datasets import synthetic_slice
     from stdask.io.base import EntryChunk, Source
 
-    sl = synthetic_slice(n_obs=n_obs, n_genes=n_genes, layout="cells", seed=0)
+    sl = synthetic_slice(n_obs=n_obs, n_genes=n_genes, layout=layout, seed=0, **kwargs)
 
     class SyntheticSource(Source):
         format_name = "synthetic"

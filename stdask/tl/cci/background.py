@@ -64,8 +64,9 @@ def background_tables(bg: Background, columns: np.ndarray) -> tuple[np.ndarray, 
     """(n_lr, n_pairs) int32 ligand-side and receptor-side positions in ``columns`` (sorted var indices that
     hold every background gene) of every LR's pairs. Run in a task."""
     pl, pr = bg.tables()
-    pos = lambda t: np.searchsorted(columns, t).astype(np.int32)  # noqa: E731
-    return pos(pl), pos(pr)
+    lookup = np.full(int(columns.max()) + 1, -1, dtype=np.int32)
+    lookup[columns] = np.arange(len(columns), dtype=np.int32)
+    return lookup[pl], lookup[pr]
 
 
 class BackgroundPairs(Mapping):

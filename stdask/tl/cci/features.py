@@ -7,6 +7,8 @@ built: quantile q of a gene with z zeros is 0 when ``k = round_half_even(q (N-1)
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -20,13 +22,27 @@ def nearest_index(q: np.ndarray, n: int) -> np.ndarray:
     return np.around(np.asarray(q, dtype=np.float64) * (n - 1)).astype(np.int64)
 
 
+class GeneValues(Sequence):
+    """Lazy per-gene non-zero values: ``values[i] = fetch(genes[i])``, built when accessed."""
+
+    def __init__(self, fetch, genes: np.ndarray) -> None:
+        self._fetch = fetch
+        self._genes = np.asarray(genes)
+
+    def __len__(self) -> int:
+        return len(self._genes)
+
+    def __getitem__(self, i):
+        return self._fetch(int(self._genes[i]))
+
+
 def column_quantiles(values: list[np.ndarray], n_obs: int, q: np.ndarray = QUANTILES) -> np.ndarray:
     """Quantiles of columns given only their non-zero values.
 
     Parameters
     ----------
     values
-        Per gene, the (nnz_g,) non-zero values (any order, all > 0).
+        Per gene, the (nnz_g,) non-zero values (any order, all > 0); a list or a lazy :class:`GeneValues`.
     n_obs
         N, the number of observations (zeros are the other N - nnz_g).
     q

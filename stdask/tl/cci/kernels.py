@@ -156,6 +156,8 @@ def canberra_topk(ref_q, cand_q, n_keep):
     idx = np.full((n_ref, n_keep), -1, np.int64)
     n_found = np.zeros(n_ref, np.int64)
     d = np.empty(n_cand, np.float32)
+    bits = d.view(np.int32)
+    keys = np.empty(n_cand, np.int64)
     for g in range(n_ref):
         for c in range(n_cand):
             acc = np.float32(0.0)
@@ -168,14 +170,17 @@ def canberra_topk(ref_q, cand_q, n_keep):
                 elif a != b:  # NaN-producing terms only arise from 0/0, which is skipped
                     acc = np.float32(acc + np.float32(np.inf))
             d[c] = acc
-        order = np.argsort(d, kind="mergesort")  # stable: ties by candidate position
-        k = 0
-        for o in order:
-            if d[o] > 0:
-                idx[g, k] = o
-                k += 1
-                if k == n_keep:
-                    break
+        # sort by (distance, position): a non-negative float32's bits order like the float, so one int64
+        # key per candidate sorts both at once (ties by candidate position, Q2)
+        n_pos = 0
+        for c in range(n_cand):
+            if d[c] > 0:
+                keys[n_pos] = (np.int64(bits[c]) << 32) | c
+                n_pos += 1
+        srt = np.sort(keys[:n_pos])
+        k = min(n_keep, n_pos)
+        for t in range(k):
+            idx[g, t] = srt[t] & 0xFFFFFFFF
         n_found[g] = k
     return idx, n_found
 

@@ -19,10 +19,18 @@ from .correction import adjust_grouped
 STLEARN_KEYS = ("lr_scores", "p_vals", "p_adjs", "-log10(p_adjs)", "lr_sig_scores")
 
 
-def _csr(n_obs, n_lr, rows, cols, vals, dtype) -> sp.csr_matrix:
-    m = sp.csr_matrix((np.asarray(vals, dtype=dtype), (rows, cols)), shape=(n_obs, n_lr))
-    m.sort_indices()
-    return m
+def _csr_structure(n_obs: int, rows: np.ndarray, cols: np.ndarray):
+    """CSR ``indptr``/``indices`` of entries (rows, cols), and the permutation that orders the entries by (row,
+    col); ``None`` when they already are. Built without a COO -> CSR copy of every value array."""
+    key_sorted = len(rows) < 2 or (np.all(rows[1:] >= rows[:-1]) and
+                                   np.all((rows[1:] > rows[:-1]) | (cols[1:] > cols[:-1])))
+    perm = None if key_sorted else np.lexsort((cols, rows))
+    indices = cols if perm is None else cols[perm]
+    indptr = np.zeros(n_obs + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=n_obs), out=indptr[1:])
+    if indptr[-1] < 2**31:
+        indptr = indptr.astype(np.int32)
+    return indptr, indices.astype(np.int32), perm
 
 
 @dataclass
@@ -39,8 +47,8 @@ class CCIResult:
     pairs
         The valid pairs, in ``lr_summary`` order.
     scores, counts, padj
-        (n_obs, n_lr) CSR over the tested entries: float64 scores, int64 exceedance counts, float64 adjusted
-        p-values.
+        (n_obs, n_lr) CSR over the tested entries (one shared index structure): float64 scores, int32
+        exceedance counts, float64 adjusted p-values.
     n_pairs
         Background pairs per LR (p = max(count, 1) / n_pairs).
     """
@@ -75,11 +83,18 @@ class CCIResult:
                                 "n_spots_sig": n_sig[order].astype(np.int64),
                                 "n_spots_sig_pval": n_sig_p[order].astype(np.int64)},
                                index=pd.Index(names[order], dtype=object))
-        col = rank[pair]
+        col = rank[pair].astype(np.int32)
+        indptr, indices, perm = _csr_structure(n_obs, np.asarray(rows), col)
+        del col
+        # the three matrices share one index structure (they have the same entries)
+        mk = lambda vals, dtype: sp.csr_matrix(  # noqa: E731
+            (np.asarray(vals, dtype=dtype)[perm] if perm is not None else np.asarray(vals, dtype=dtype), indices,
+             indptr), shape=(n_obs, n_lr))
+        scores, counts, padj_m = mk(score, np.float64), mk(count, np.int32), mk(padj, np.float64)
+        for m in (scores, counts, padj_m):
+            m.has_sorted_indices = True
         return cls(pd.Index(obs_names), LRPairs(pairs.ligand[order], pairs.receptor[order]), summary, lrfeatures,
-                   _csr(n_obs, n_lr, rows, col, score, np.float64), _csr(n_obs, n_lr, rows, col, count, np.int64),
-                   _csr(n_obs, n_lr, rows, col, padj, np.float64), int(n_pairs), float(min_expr), float(cutoff),
-                   params, background_pairs)
+                   scores, counts, padj_m, int(n_pairs), float(min_expr), float(cutoff), params, background_pairs)
 
     # ---- views -------------------------------------------------------------------------------------------
     @property
