@@ -157,6 +157,24 @@ def _cmd_cci_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cci_interactions(args: argparse.Namespace) -> int:
+    from .dataset import read
+    from .tl import cci
+
+    if args.scheduler:
+        from .cluster import get_client
+
+        get_client(args.scheduler)
+    ds = read(args.store)
+    inter = cci.run_cci(ds, args.use_label, min_spots=args.min_spots, sig_spots=not args.all_spots,
+                        spot_mixtures=args.mixtures, cell_prop_cutoff=args.cell_prop_cutoff, n_perms=args.n_perms,
+                        seed=args.seed, scheduler=args.scheduler, write=True)
+    ds.write()
+    print(inter.lr_cci.to_string())
+    print(f"{len(inter.lrs)} LR pairs tested; results written to {args.store} (uns['lr_cci_{args.use_label}'], ...)")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from .tl.cci.report import report
 
@@ -231,6 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
     pcr.add_argument("--out", help="lr_summary.tsv path (default: next to the store)")
     pcr.add_argument("--scheduler", help="dask scheduler address (default: embedded)")
     pcr.set_defaults(func=_cmd_cci_run)
+    pci = csub.add_parser("interactions", help="cell-type x cell-type interactions per LR (stLearn run_cci) on a "
+                          "store with LR hotspot results")
+    pci.add_argument("store")
+    pci.add_argument("--use-label", required=True, help="obs column of cell types")
+    pci.add_argument("--n-perms", type=int, default=100, help="label permutations (the tutorial uses 1000)")
+    pci.add_argument("--min-spots", type=int, default=3)
+    pci.add_argument("--all-spots", action="store_true", help="count all scored spots, not only significant ones")
+    pci.add_argument("--mixtures", action="store_true", help="use the per-spot type proportions in uns[<label>]")
+    pci.add_argument("--cell-prop-cutoff", type=float, default=0.2)
+    pci.add_argument("--seed", type=int, default=0)
+    pci.add_argument("--scheduler", help="dask scheduler address (default: embedded)")
+    pci.set_defaults(func=_cmd_cci_interactions)
 
     prp = sub.add_parser("report", help="results folder of the CCI analyses (tables, stLearn plots, hotspot maps, "
                          "README.md)")

@@ -444,3 +444,25 @@ def test_bad_inputs(mixture_case):
         cci.run_cci(ds, "ct", result=res, n_perms=-1, **RUN)
     with pytest.raises(KeyError, match="no run_cci results"):
         CCIInteractions.load(ds, "ct")
+
+
+def test_cli_hotspots_interactions_report(tmp_path):
+    """`stdask cci run` -> `stdask cci interactions` -> `stdask report` on a store, as a user runs them."""
+    from stdask.cli import main
+    from stdask.io.memory import AnnDataSource
+
+    src = ad.read_h5ad(DATA / "ref_N2000.h5ad")
+    store = stdask.ingest(AnnDataSource(src), tmp_path / "s.zarr", progress=False)
+    assert main(["cci", "run", str(store), "--min-spots", "20", "--n-pairs", "100", "--out",
+                 str(tmp_path / "lr.tsv")]) == 0
+    assert main(["cci", "interactions", str(store), "--use-label", "cell_type", "--n-perms", "20"]) == 0
+    ds = stdask.read(store)
+    inter = CCIInteractions.load(ds, "cell_type")
+    # the stored totals are the sums of the per-LR matrices (sig and raw)
+    raw = ds.get_result("uns", "cci_interactions_cell_type")["raw"]
+    assert np.array_equal(inter.lr_cci_raw.to_numpy(), raw.sum(axis=0))
+    assert inter.n_perms == 20 and len(inter.lrs) > 0
+    summary = ds.get_result("uns", "lr_summary")
+    assert (summary.loc[list(inter.lrs), "n-spot_cci_cell_type"].to_numpy() == raw.sum(axis=(1, 2))).all()
+    assert main(["report", str(store), str(tmp_path / "rep"), "--use-label", "cell_type"]) == 0
+    assert (tmp_path / "rep" / "CCI_heatmap_plots.png").stat().st_size > 0
