@@ -335,9 +335,9 @@ def _embedded_client(create: bool) -> Client | None:
         # over 127.0.0.1, and the dashboard is served on 127.0.0.1 only.
         common = {"dashboard_address": "127.0.0.1:8787"}
         if n_workers is None:
-            cluster = LocalCluster(n_workers=1, threads_per_worker=cores, processes=False, **common)
+            cluster = _LoopbackCluster(n_workers=1, threads_per_worker=cores, processes=False, **common)
         else:
-            cluster = LocalCluster(
+            cluster = _LoopbackCluster(
                 n_workers=n_workers,
                 threads_per_worker=max(1, cores // n_workers),
                 processes=True,
@@ -346,12 +346,23 @@ def _embedded_client(create: bool) -> Client | None:
             )
         client = Client(cluster, set_as_default=False)
         _embedded = (cluster, client)
-    # distributed names an in-process scheduler's dashboard by the machine's public IP, but it
-    # listens on loopback only: give the address that works.
-    port = cluster.scheduler_info.get("services", {}).get("dashboard")
-    link = format_dashboard_link("127.0.0.1", port) if port else None
-    _announce(client, "started a local dask cluster:", link=link)
+    _announce(client, "started a local dask cluster:", link=cluster.dashboard_link or None)
     return client
+
+
+class _LoopbackCluster(LocalCluster):
+    """The embedded ``LocalCluster``, whose dashboard link names 127.0.0.1.
+
+    distributed names an in-process scheduler's dashboard by the machine's public IP (the host part of
+    ``inproc://<ip>/<pid>/<n>``), but the embedded dashboard listens on loopback only. The link is
+    what ``client.dashboard_link`` and the client's Jupyter summary show, so it must be the address
+    that works.
+    """
+
+    @property
+    def dashboard_link(self) -> str:
+        port = self.scheduler_info.get("services", {}).get("dashboard")
+        return format_dashboard_link("127.0.0.1", port) if port else ""
 
 
 def _close_quietly(obj: Client | LocalCluster) -> None:
