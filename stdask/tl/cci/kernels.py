@@ -204,3 +204,28 @@ def accept_pairs(a, b, lig, rec, taken, out_l, out_r, n, n_pairs):
         out_r[n] = r
         n += 1
     return n
+
+
+@njit(cache=True)
+def sort_rows_inplace(indptr, indices, a, b, c):
+    """Sort each CSR row's entries by column, permuting three value arrays alongside (insertion sort: rows
+    hold tens of entries)."""
+    for i in range(indptr.shape[0] - 1):
+        lo = indptr[i]
+        hi = indptr[i + 1]
+        for k in range(lo + 1, hi):
+            key = indices[k]
+            va = a[k]
+            vb = b[k]
+            vc = c[k]
+            t = k - 1
+            while t >= lo and indices[t] > key:
+                indices[t + 1] = indices[t]
+                a[t + 1] = a[t]
+                b[t + 1] = b[t]
+                c[t + 1] = c[t]
+                t -= 1
+            indices[t + 1] = key
+            a[t + 1] = va
+            b[t + 1] = vb
+            c[t + 1] = vc

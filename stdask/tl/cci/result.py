@@ -15,22 +15,31 @@ import scipy.sparse as sp
 
 from .database import LRPairs
 from .correction import adjust_grouped
+from .kernels import sort_rows_inplace
 
 STLEARN_KEYS = ("lr_scores", "p_vals", "p_adjs", "-log10(p_adjs)", "lr_sig_scores")
 
 
-def _csr_structure(n_obs: int, rows: np.ndarray, cols: np.ndarray):
-    """CSR ``indptr``/``indices`` of entries (rows, cols), and the permutation that orders the entries by (row,
-    col); ``None`` when they already are. Built without a COO -> CSR copy of every value array."""
-    key_sorted = len(rows) < 2 or (np.all(rows[1:] >= rows[:-1]) and
-                                   np.all((rows[1:] > rows[:-1]) | (cols[1:] > cols[:-1])))
-    perm = None if key_sorted else np.lexsort((cols, rows))
-    indices = cols if perm is None else cols[perm]
+def _csr_structure(n_obs: int, rows: np.ndarray, cols: np.ndarray, values: list[np.ndarray]):
+    """CSR ``indptr``/``indices`` of entries (rows, cols), with ``values`` reordered in place to match.
+
+    Entries come grouped by row (tile order, then row order inside a tile) but not sorted by column: each
+    row's few entries are sorted in place, so no whole-size permutation or value copy is made. Unsorted rows
+    fall back to one global sort.
+    """
+    rows = np.asarray(rows)
+    if len(rows) > 1 and not np.all(rows[1:] >= rows[:-1]):
+        perm = np.lexsort((cols, rows))
+        rows, cols = rows[perm], cols[perm]
+        for k, v in enumerate(values):
+            values[k] = v[perm]
     indptr = np.zeros(n_obs + 1, dtype=np.int64)
     np.cumsum(np.bincount(rows, minlength=n_obs), out=indptr[1:])
+    indices = np.ascontiguousarray(cols, dtype=np.int32)
+    sort_rows_inplace(indptr, indices, *values)
     if indptr[-1] < 2**31:
         indptr = indptr.astype(np.int32)
-    return indptr, indices.astype(np.int32), perm
+    return indptr, indices, values
 
 
 @dataclass
@@ -69,7 +78,7 @@ class CCIResult:
     # ---- construction ---------------------------------------------------------------------------------
     @classmethod
     def from_entries(cls, *, n_obs, obs_names, pairs: LRPairs, rows, pair, score, count, padj, n_pairs, min_expr,
-                     cutoff, lrfeatures, params, background_pairs=None) -> "CCIResult":
+                     cutoff, lrfeatures, params, background_pairs=None, consume: bool = False) -> "CCIResult":
         n_lr = len(pairs)
         names = pairs.names
         p = np.maximum(count, 1) / float(n_pairs)
@@ -84,13 +93,13 @@ class CCIResult:
                                 "n_spots_sig_pval": n_sig_p[order].astype(np.int64)},
                                index=pd.Index(names[order], dtype=object))
         col = rank[pair].astype(np.int32)
-        indptr, indices, perm = _csr_structure(n_obs, np.asarray(rows), col)
-        del col
+        # the entries are re-ordered in place: copy them unless the caller hands them over (``consume``)
+        take = np.asarray if consume else np.array
+        vals = [take(score, dtype=np.float64), take(count, dtype=np.int32), take(padj, dtype=np.float64)]
+        indptr, indices, (sv, cv, pv) = _csr_structure(n_obs, rows, col, vals)
+        del col, vals
         # the three matrices share one index structure (they have the same entries)
-        mk = lambda vals, dtype: sp.csr_matrix(  # noqa: E731
-            (np.asarray(vals, dtype=dtype)[perm] if perm is not None else np.asarray(vals, dtype=dtype), indices,
-             indptr), shape=(n_obs, n_lr))
-        scores, counts, padj_m = mk(score, np.float64), mk(count, np.int32), mk(padj, np.float64)
+        scores, counts, padj_m = (sp.csr_matrix((v, indices, indptr), shape=(n_obs, n_lr)) for v in (sv, cv, pv))
         for m in (scores, counts, padj_m):
             m.has_sorted_indices = True
         return cls(pd.Index(obs_names), LRPairs(pairs.ligand[order], pairs.receptor[order]), summary, lrfeatures,

@@ -130,6 +130,21 @@ def _pass2(tile: Tile, *, radius: float, columns: np.ndarray, genes: np.ndarray,
             "pair": pair.astype(np.int32), "score": score, "count": counts.astype(np.int32), "padj": padj}
 
 
+def _gather(parts: list[dict], keys: tuple[str, ...]) -> list[np.ndarray]:
+    """Concatenate each key's arrays over the task outputs, releasing every output once copied, so memory
+    peaks at one copy of the entries (not two)."""
+    n = sum(len(p[keys[0]]) for p in parts)
+    out = [np.empty(n, dtype=np.result_type(*[p[k].dtype for p in parts]) if parts else np.float64) for k in keys]
+    at = 0
+    while parts:
+        p = parts.pop(0)
+        m = len(p[keys[0]])
+        for arr, k in zip(out, keys):
+            arr[at:at + m] = p[k]
+        at += m
+    return out
+
+
 @dataclass
 class _Prepared:
     pairs: LRPairs
@@ -348,6 +363,8 @@ def run(
             check_possible(matched[int(vl[j])], matched[int(vr[j])], n_pairs, name)
     bg = Background(names, vl, vr, matched, int(n_pairs), int(seed), replay)
 
+    del parts, res1  # the tiles' non-zero values are no longer needed (at 10^6 cells they are ~1 GB)
+
     # ---- pass 2: backgrounds, p-values, per-spot BH -----------------------------------------------------------
     # pass 2 reads only the genes the LRs and their backgrounds use (a few thousand of a 20-30k panel)
     bg_genes = [np.ravel(t) for t in (replay if replay is not None else matched.values())]
@@ -366,11 +383,8 @@ def run(
                      backend=settings.backend,
                      adj_method=adj_method)
     out = [r for _, r in res2]
-    rows = np.concatenate([o["rows"] for o in out])
-    pair = np.concatenate([o["pair"] for o in out])
-    score = np.concatenate([o["score"] for o in out])
-    count = np.concatenate([o["count"] for o in out])
-    padj = np.concatenate([o["padj"] for o in out])
+    del res2
+    rows, pair, score, count, padj = _gather(out, ("rows", "pair", "score", "count", "padj"))
     result = CCIResult.from_entries(
         n_obs=n_obs, obs_names=ds.obs_names, pairs=vpairs, rows=rows, pair=pair, score=score, count=count, padj=padj,
         n_pairs=n_pairs, min_expr=min_expr, cutoff=pval_adj_cutoff, lrfeatures=feats,
@@ -379,7 +393,7 @@ def run(
                 "adj_method": adj_method, "pval_adj_cutoff": float(pval_adj_cutoff), "layer": layer,
                 "replayed_background": background_pairs is not None, "exact_order": order_of is not None,
                 "seconds": round(time.perf_counter() - t_start, 3)},
-        background_pairs=BackgroundPairs(bg, var.to_numpy()),
+        background_pairs=BackgroundPairs(bg, var.to_numpy()), consume=True,
     )
     if write:
         result.store(ds)
