@@ -271,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     prp.add_argument("--overwrite", action="store_true", help="replace an existing OUTDIR")
     prp.set_defaults(func=_cmd_report)
 
+    from .cli_segment import add_segment_parser
+
+    add_segment_parser(sub)
+
     pd_ = sub.add_parser("demo", help="synthetic slice -> native files -> ingest -> analyses -> results folder")
     pd_.add_argument("outdir", nargs="?", default="demo_results")
     pd_.add_argument("--n-obs", type=int, default=20_000)

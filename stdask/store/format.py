@@ -14,6 +14,7 @@ STORE_VERSION = 1
 ENCODINGS: dict[str, tuple[int, ...]] = {
     STORE_ENCODING: (1,),
     "stdask-tiling": (1,),
+    "stdask-raster": (1,),  # images/<name>: a tiled raster (stdask.raster.store)
 }
 
 TABLE = "table"  # name of the main table under tables/
