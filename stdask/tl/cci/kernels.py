@@ -229,3 +229,21 @@ def sort_rows_inplace(indptr, indices, a, b, c):
             a[t + 1] = va
             b[t + 1] = vb
             c[t + 1] = vc
+
+
+@njit(cache=True)
+def summary_counts(pair, score, count, padj, n_lr, n_pairs, m, cutoff):
+    """Per LR: #(score > m), #(p_adj < cutoff), #(p < cutoff) with p = max(count, 1) / n_pairs (the
+    ``lr_summary`` columns), in one pass without temporaries."""
+    n_spots = np.zeros(n_lr, np.int64)
+    n_sig = np.zeros(n_lr, np.int64)
+    n_sig_p = np.zeros(n_lr, np.int64)
+    for e in range(pair.shape[0]):
+        j = pair[e]
+        if score[e] > m:
+            n_spots[j] += 1
+        if padj[e] < cutoff:
+            n_sig[j] += 1
+        if max(count[e], 1) / n_pairs < cutoff:
+            n_sig_p[j] += 1
+    return n_spots, n_sig, n_sig_p

@@ -121,16 +121,19 @@ def neighbour_means(nb: Neighbourhood, X_cols: sp.spmatrix, rows: np.ndarray | N
     return out
 
 
-def neighbour_means_sparse(nb: Neighbourhood, X: sp.spmatrix) -> sp.csr_matrix:
-    """(n_own, n_genes) CSR float64 neighbour means of all own rows for all columns of ``X`` (tile rows)."""
+def neighbour_means_sparse(nb: Neighbourhood, X: sp.spmatrix, start: int = 0, stop: int | None = None
+                           ) -> sp.csr_matrix:
+    """(stop - start, n_genes) CSR float64 neighbour means of own rows ``start:stop`` (default all) for all
+    columns of ``X`` (tile rows, CSR)."""
+    stop = nb.W.shape[0] if stop is None else stop
     if nb.order is not None:
-        return sp.csr_matrix(neighbour_means(nb, X))
-    sums = nb.W @ sp.csr_matrix(X, dtype=np.float64)
+        return sp.csr_matrix(neighbour_means(nb, X, np.arange(start, stop)))
+    sums = nb.W[start:stop] @ X
     sums = sp.csr_matrix(sums)  # indices left unsorted: consumers scatter rows into dense vectors
     if nb.within:
         return sums
-    nz = nb.counts > 0
+    counts = nb.counts[start:stop]
     # divide each row by its count (not multiply by 1/count: division is what stLearn does)
-    rep = np.repeat(np.where(nz, nb.counts, 1).astype(np.float64), np.diff(sums.indptr))
+    rep = np.repeat(np.where(counts > 0, counts, 1).astype(np.float64), np.diff(sums.indptr))
     sums.data = sums.data / rep
     return sums

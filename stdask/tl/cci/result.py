@@ -15,7 +15,7 @@ import scipy.sparse as sp
 
 from .database import LRPairs
 from .correction import adjust_grouped
-from .kernels import sort_rows_inplace
+from .kernels import sort_rows_inplace, summary_counts
 
 STLEARN_KEYS = ("lr_scores", "p_vals", "p_adjs", "-log10(p_adjs)", "lr_sig_scores")
 
@@ -81,10 +81,9 @@ class CCIResult:
                      cutoff, lrfeatures, params, background_pairs=None, consume: bool = False) -> "CCIResult":
         n_lr = len(pairs)
         names = pairs.names
-        p = np.maximum(count, 1) / float(n_pairs)
-        n_spots = np.bincount(pair[score > min_expr], minlength=n_lr)
-        n_sig = np.bincount(pair[padj < cutoff], minlength=n_lr)
-        n_sig_p = np.bincount(pair[p < cutoff], minlength=n_lr)
+        n_spots, n_sig, n_sig_p = summary_counts(np.asarray(pair), np.asarray(score, dtype=np.float64),
+                                                 np.asarray(count), np.asarray(padj, dtype=np.float64), n_lr,
+                                                 float(n_pairs), float(min_expr), float(cutoff))
         order = np.lexsort((names.astype(str), -n_sig))  # Q1: n_spots_sig desc, then name
         rank = np.empty(n_lr, np.int64)
         rank[order] = np.arange(n_lr)
@@ -92,7 +91,7 @@ class CCIResult:
                                 "n_spots_sig": n_sig[order].astype(np.int64),
                                 "n_spots_sig_pval": n_sig_p[order].astype(np.int64)},
                                index=pd.Index(names[order], dtype=object))
-        col = rank[pair].astype(np.int32)
+        col = rank.astype(np.int32)[pair]
         # the entries are re-ordered in place: copy them unless the caller hands them over (``consume``)
         take = np.asarray if consume else np.array
         vals = [take(score, dtype=np.float64), take(count, dtype=np.int32), take(padj, dtype=np.float64)]

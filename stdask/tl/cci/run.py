@@ -110,21 +110,30 @@ def _pass2(tile: Tile, *, radius: float, columns: np.ndarray, genes: np.ndarray,
     pl, pr = tables
     nb = tile_neighbourhood(tile, radius, order_of=order_of)
     X = sp.csr_matrix(_tile_matrix(tile)[:, columns], dtype=np.float64)
-    means = neighbour_means_sparse(nb, X)
-    x_own = X[: tile.n_own]
-    rows, pair, score = _observed(x_own[:, genes], lambda a, b: np.asarray(means[a:b][:, genes].toarray()),
-                                  lcol, rcol, min_expr)
-    t_ptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=tile.n_own))]).astype(np.int64)
-    if backend == "gpu":
-        from .kernels_cuda import background_counts_gpu
+    out = {k: [] for k in ("rows", "pair", "score", "count", "padj")}
+    # row blocks bound the memory of a task: neighbour means of all background genes for ~4k rows at a time
+    for a in range(0, tile.n_own, _ROW_BLOCK):
+        b = min(a + _ROW_BLOCK, tile.n_own)
+        means = neighbour_means_sparse(nb, X, a, b)
+        x_own = X[a:b]
+        rows, pair, score = _observed(x_own[:, genes], lambda i, j: np.asarray(means[i:j][:, genes].toarray()),
+                                      lcol, rcol, min_expr)
+        if backend == "gpu":
+            from .kernels_cuda import background_counts_gpu
 
-        counts = background_counts_gpu(x_own, means, rows, pair, score, pl, pr, float(min_expr))
-    else:
-        counts = background_counts(x_own.indptr.astype(np.int64), x_own.indices.astype(np.int64), x_own.data,
-                                   means.indptr.astype(np.int64), means.indices.astype(np.int64), means.data,
-                                   X.shape[1], t_ptr, pair.astype(np.int64), score, pl, pr, float(min_expr))
-    p = np.maximum(counts, 1) / float(n_pairs)
-    padj = adjust_grouped(p, rows, adj_method)
+            counts = background_counts_gpu(x_own, means, rows, pair, score, pl, pr, float(min_expr))
+        else:
+            t_ptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=b - a))]).astype(np.int64)
+            counts = background_counts(x_own.indptr.astype(np.int64), x_own.indices.astype(np.int64), x_own.data,
+                                       means.indptr.astype(np.int64), means.indices.astype(np.int64), means.data,
+                                       X.shape[1], t_ptr, pair.astype(np.int64), score, pl, pr, float(min_expr))
+        p = np.maximum(counts, 1) / float(n_pairs)
+        for k, v in (("rows", rows + a), ("pair", pair), ("score", score), ("count", counts),
+                     ("padj", adjust_grouped(p, rows, adj_method))):
+            out[k].append(v)
+    rows, pair, score, counts, padj = (np.concatenate(out[k]) if out[k] else np.empty(0)
+                                       for k in ("rows", "pair", "score", "count", "padj"))
+    rows = rows.astype(np.int64)
     # compact dtypes: at 10^6 cells there are ~5 x 10^7 tested entries
     return {"rows": tile.rows[rows].astype(np.int32 if tile.rows.max(initial=0) < 2**31 else np.int64),
             "pair": pair.astype(np.int32), "score": score, "count": counts.astype(np.int32), "padj": padj}
