@@ -64,7 +64,7 @@ from distributed.utils import format_dashboard_link, is_kernel
 from stdask.progress import TqdmCallback
 from stdask.settings import settings
 
-__all__ = ["get_client", "compute", "shutdown", "configured_address", "LOCAL_SCHEDULERS"]
+__all__ = ["get_client", "compute", "shutdown", "configured_address", "runs_embedded", "LOCAL_SCHEDULERS"]
 
 #: Names of dask's local schedulers; ``compute(scheduler=<one of these>)`` skips distributed.
 LOCAL_SCHEDULERS: tuple[str, ...] = ("threads", "threading", "sync", "synchronous", "single-threaded", "processes")
@@ -93,6 +93,16 @@ def configured_address() -> str | None:
         if address:
             return str(address).strip()
     return None
+
+
+def runs_embedded(scheduler: str | Client | Cluster | None = None) -> bool:
+    """Whether work would run in this process: no scheduler given, configured or made current by the user
+    (so the embedded cluster, or a local dask scheduler, would run it)."""
+    if scheduler is not None:
+        return isinstance(scheduler, str) and scheduler in LOCAL_SCHEDULERS
+    if _in_task():
+        return True
+    return _default_client() is None and configured_address() is None
 
 
 def get_client(

@@ -75,10 +75,13 @@ def map_tiles(ds: SpatialDataset, func: Callable[..., Any], *, halo: float = 0.0
     -------
     ``[(tile_id, result), ...]`` in tile order.
     """
-    from .cluster import compute
+    from .cluster import compute, runs_embedded
 
     batches = tile_batches(ds, rows_per_task)
     tasks = map_tiles_delayed(ds, func, halo=halo, layer=layer, rows_per_task=rows_per_task, **kwargs)
+    if len(tasks) == 1 and runs_embedded(scheduler):
+        # one task on the local machine: run it here, without shipping a graph to the embedded scheduler
+        scheduler = "sync"
     results = compute(*tasks, scheduler=scheduler, progress=progress, desc=desc or getattr(func, "__name__", None))
     return [(t, r) for tiles, res in zip(batches, results) for t, r in zip(tiles, res)]
 
