@@ -8,9 +8,8 @@ matrices nor give the same float result for two chunkings of the same rows. Two 
   32-bit limbs; integer addition is associative), so column sums, means and variances are bit-identical for
   any chunking, any tile size (any row order) and any scheduler. It is cheap: a few integer operations per
   stored entry.
-* :func:`fold_tiles` computes one partial result per *tile* (tiles are fixed units of a store; chunk
-  boundaries are not) and adds the partials strictly in tile order, so float results (the PCA gram matrix)
-  are bit-identical for any chunking and scheduler of the same store.
+* :func:`tree_reduce` combines per-chunk partials of any other exact reduction (maxima, integer sums:
+  the PCA gram matrix of :mod:`stdask.pp._gram`).
 
 Conventions for matrices (see :func:`get_matrix`): ``"X"`` is the store's counts; any other name is a layer,
 taken from the dataset's pending results first (a lazy dask array from an earlier ``stdask.pp`` step), then
@@ -104,18 +103,6 @@ def align_to_tiles(ds: SpatialDataset, arr: da.Array) -> da.Array:
     if not np.isin(bounds, ds.tile_row_start).all():
         arr = arr.rechunk({0: ds.X.chunks[0]})
     return arr
-
-
-def chunk_tile_cuts(ds: SpatialDataset, arr: da.Array) -> list[np.ndarray]:
-    """For each row chunk of ``arr``, the row offsets (relative to the chunk, ascending, first 0, last the
-    chunk's length) of the occupied tiles inside it."""
-    starts = np.unique(ds.tile_row_start)
-    bounds = np.cumsum((0,) + arr.chunks[0])
-    cuts = []
-    for r0, r1 in zip(bounds[:-1], bounds[1:]):
-        inner = starts[(starts >= r0) & (starts <= r1)] - r0
-        cuts.append(np.unique(np.concatenate([[0], inner, [r1 - r0]])).astype(np.int64))
-    return cuts
 
 
 def row_blocks(arr: da.Array) -> list:
@@ -376,49 +363,26 @@ def column_moments(arr: da.Array, *, squares: bool = True, transform: Callable |
     ColumnMoments
         Identical (bit for bit) for any chunking and any order of the rows.
     """
-    parts = [dask.delayed(_moments_block, pure=True)(b, squares, transform, clip) for b in row_blocks(arr)]
-    (res,) = compute(_tree(parts, _moments_add), progress=progress, desc=desc)
+    res = tree_reduce(arr, _moments_block, _moments_add, progress=progress, desc=desc, squares=squares,
+                      transform=transform, clip=clip)
     return ColumnMoments(arr.shape[0], *res)
 
 
-# ----------------------------------------------------------------------------------------------------
-# per-tile partials folded in tile order
-# ----------------------------------------------------------------------------------------------------
-def _tile_partials(block, cuts: np.ndarray, func: Callable, kwargs: dict) -> list:
-    out = []
-    for a, b in zip(cuts[:-1], cuts[1:]):
-        if b > a:
-            out.append(func(block[int(a):int(b)], **kwargs))
-    return out
+def tree_reduce(arr: da.Array, func: Callable, combine: Callable, *, progress: bool = True,
+                desc: str | None = None, **kwargs: Any) -> Any:
+    """``combine``-reduction of ``func(chunk, **kwargs)`` over the row chunks, as a balanced tree.
 
-
-def _fold(acc, parts: list, add: Callable):
-    for p in parts:
-        acc = p if acc is None else add(acc, p)
-    return acc
-
-
-def fold_tiles(ds: SpatialDataset, arr: da.Array, func: Callable, add: Callable, *, progress: bool = True,
-               desc: str | None = None, **kwargs: Any) -> Any:
-    """``add``-fold of ``func(tile_rows)`` over the occupied tiles, strictly in tile order.
-
-    ``func(block, **kwargs)`` gets the rows of one tile (a CSR or dense slice of a chunk) and returns a
-    partial result; partials are combined as ``add(add(p0, p1), p2) ...``. Partials are computed in parallel;
-    only the (cheap) fold is sequential. Because tiles are fixed units, the result does not depend on how tiles
-    are grouped into chunks, nor on the scheduler.
+    Only for reductions whose ``combine`` is exact (integer sums, maxima, logical or): the tree's shape
+    follows the chunking, so a rounding ``combine`` would make the result depend on it.
     """
-    arr = align_to_tiles(ds, arr)
-    cuts = chunk_tile_cuts(ds, arr)
-    acc = None
-    for block, c in zip(row_blocks(arr), cuts):
-        part = dask.delayed(_tile_partials, pure=True)(block, c, func, kwargs)
-        acc = dask.delayed(_fold, pure=True)(acc, part, add)
-    (res,) = compute(acc, progress=progress, desc=desc)
-    if res is None:
-        raise ValueError("the dataset has no observations")
+    parts = [dask.delayed(func, pure=True)(b, **kwargs) for b in row_blocks(arr)]
+    (res,) = compute(_tree(parts, combine), progress=progress, desc=desc)
     return res
 
 
+# ----------------------------------------------------------------------------------------------------
+# row-wise transforms and per-row values
+# ----------------------------------------------------------------------------------------------------
 def map_rows(arr: da.Array, func: Callable, *, dtype, sparse: bool, n_cols: int | None = None,
              **kwargs: Any) -> da.Array:
     """A lazy row-wise transform: ``func(chunk, **kwargs)`` per row chunk (results must depend on each row
@@ -456,12 +420,12 @@ def row_values(arr: da.Array, func: Callable, *, progress: bool = True, desc: st
 def any_columns(arr: da.Array, func: Callable, *, progress: bool = True, desc: str | None = None,
                 **kwargs: Any) -> np.ndarray:
     """OR over row chunks of a per-chunk boolean (n_cols,) vector ``func(chunk, **kwargs)``."""
-    parts = [dask.delayed(func, pure=True)(b, **kwargs) for b in row_blocks(arr)]
-    (res,) = compute(_tree(parts, np.logical_or), progress=progress, desc=desc)
+    res = tree_reduce(arr, func, np.logical_or, progress=progress, desc=desc, **kwargs)
     return np.asarray(res, dtype=bool)
 
 
 __all__: Sequence[str] = [
-    "ColumnMoments", "align_to_tiles", "any_columns", "chunk_tile_cuts", "column_moments", "fold_tiles",
-    "gene_mask", "get_matrix", "map_rows", "row_blocks", "row_values", "set_var_table", "to_csr", "var_column",
+    "ColumnMoments", "align_to_tiles", "any_columns", "column_moments",
+    "gene_mask", "get_matrix", "map_rows", "row_blocks", "row_values", "set_var_table", "to_csr", "tree_reduce",
+    "var_column",
 ]

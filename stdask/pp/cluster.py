@@ -1,7 +1,8 @@
 """Graph clustering of the kNN connectivities: Leiden (leidenalg) and Louvain (igraph), on an igraph graph.
 
 The graph (``obsp["connectivities"]``, n_obs x n_neighbors entries) fits in memory for any slice we target,
-so clustering runs in one process; it is deterministic for a given ``random_state``.
+so clustering runs in one process; it is deterministic for a given ``random_state``, and the same for any
+tiling of the slice (the graph is handed to igraph with vertices in observation-name order).
 """
 from __future__ import annotations
 
@@ -31,6 +32,10 @@ def _graph(ds: SpatialDataset, neighbors_key: str | None, obsp: str | None, dire
         except KeyError:
             raise KeyError(f"no uns[{neighbors_key or 'neighbors'!r}]; run stdask.pp.neighbors first") from None
     adj = sp.csr_matrix(ds.get_result("obsp", obsp))
+    # vertices in observation-name order: the store's row order follows its tiling, and leidenalg / igraph
+    # visit vertices in index order, so this makes the clusters independent of the tile size
+    order = canonical_order(ds)
+    adj = adj[order][:, order]
     if upper:  # an undirected graph needs each edge of the symmetric matrix once
         adj = sp.triu(adj, format="csr")
     # the same edge list and weights as scanpy's get_igraph_from_adjacency
@@ -40,7 +45,18 @@ def _graph(ds: SpatialDataset, neighbors_key: str | None, obsp: str | None, dire
     g.add_vertices(adj.shape[0])
     g.add_edges(list(zip(sources.tolist(), targets.tolist())))
     g.es["weight"] = weights
-    return g, weights, obsp
+    return g, weights, obsp, order
+
+
+def canonical_order(ds: SpatialDataset) -> np.ndarray:
+    """Row indices of the observations sorted by name (names are unique in a store)."""
+    return np.argsort(np.asarray(ds.obs_names, dtype=object).astype(str), kind="stable")
+
+
+def _in_store_order(membership, order: np.ndarray) -> np.ndarray:
+    out = np.empty(len(order), dtype=np.int64)
+    out[order] = np.asarray(membership)
+    return out
 
 
 def _store_labels(ds: SpatialDataset, key_added: str, membership, params: dict) -> pd.Series:
@@ -83,12 +99,12 @@ def leiden(ds: SpatialDataset, resolution: float = 1.0, *, random_state: int = 0
         ``obs[key_added]``, with ``uns[key_added]["params"]``.
     """
     la = _import_leidenalg()
-    g, weights, used = _graph(ds, neighbors_key, obsp, directed)
+    g, weights, used, order = _graph(ds, neighbors_key, obsp, directed)
     kwargs = {"n_iterations": n_iterations, "seed": random_state, "resolution_parameter": resolution}
     if use_weights:
         kwargs["weights"] = weights
     part = la.find_partition(g, la.RBConfigurationVertexPartition, **kwargs)
-    return _store_labels(ds, key_added, part.membership, {
+    return _store_labels(ds, key_added, _in_store_order(part.membership, order), {
         "resolution": resolution, "random_state": random_state, "n_iterations": n_iterations, "obsp": used,
         "directed": directed})
 
@@ -121,7 +137,7 @@ def louvain(ds: SpatialDataset, resolution: float = 1.0, *, random_state: int = 
     import igraph as ig
 
     _import_leidenalg()
-    g, _, used = _graph(ds, neighbors_key, obsp, directed=False, upper=True)
+    g, _, used, order = _graph(ds, neighbors_key, obsp, directed=False, upper=True)
     # igraph draws from Python's `random` by default: give it a seeded generator for this call only
     ig.set_random_number_generator(random.Random(random_state))
     try:
@@ -129,12 +145,12 @@ def louvain(ds: SpatialDataset, resolution: float = 1.0, *, random_state: int = 
     finally:
         ig.set_random_number_generator(random)
     membership = np.asarray(part.membership)
-    # number clusters by decreasing size (ties: first appearance), as leidenalg does
+    # number clusters by decreasing size (ties: first appearance in name order), as leidenalg does
     ids, first, sizes = np.unique(membership, return_index=True, return_counts=True)
-    order = ids[np.lexsort((first, -sizes))]
+    by_size = ids[np.lexsort((first, -sizes))]
     rank = np.empty(ids.max() + 1, dtype=np.int64)
-    rank[order] = np.arange(len(order))
-    return _store_labels(ds, key_added, rank[membership], {
+    rank[by_size] = np.arange(len(by_size))
+    return _store_labels(ds, key_added, _in_store_order(rank[membership], order), {
         "resolution": resolution, "random_state": random_state, "obsp": used})
 
 

@@ -1,37 +1,37 @@
 """Principal component analysis of a slice of any size, tile by tile.
 
 Exact path (``svd_solver="covariance_eigh"``, the same algorithm as scanpy / scikit-learn's
-``covariance_eigh``): one pass accumulates the gene x gene gram matrix ``X^T X`` and the column sums in
-float64, one tile at a time (a sparse product for sparse tiles, dense BLAS for dense ones) and added in tile
-order; the covariance ``(X^T X - n mu mu^T) / (n - 1)`` is
-formed without ever centring the (sparse) data, eigendecomposed with ``numpy.linalg.eigh``, and the data are
-projected chunk by chunk (lazily) as ``X V - mu V``. Memory: one (genes x genes) float64 matrix per tile in
-flight, so it is meant for up to a few thousand genes (highly variable genes).
+``covariance_eigh``): a cheap pass finds each gene's largest |value|, then one pass accumulates the gene x
+gene gram matrix ``X^T X`` and the column sums exactly in integers (:mod:`stdask.pp._gram`: each value
+held to 40 bits relative to its gene's maximum; a numba kernel over the stored entries of sparse blocks,
+exact-integer BLAS on dense ones). The covariance ``(X^T X - n mu mu^T) / (n - 1)`` is formed without ever
+centring the (sparse) data and eigendecomposed (``numpy.linalg.eigh``; Lanczos above 600 genes); the data
+are projected chunk by chunk (lazily) as ``X V - mu V``. Memory: two (genes x genes) int64 matrices per
+chunk in flight, so it is meant for up to a few thousand genes (highly variable genes).
 
 Randomized path (``svd_solver="randomized"``, the default above 4,000 genes): subspace iteration on the
-same implicitly centred covariance operator; each iteration is one pass computing ``X^T (X W)`` per tile
-(a genes x (n_comps + oversampling) matrix), followed by a Rayleigh-Ritz step. Memory is linear in genes.
+same implicitly centred covariance operator; each iteration is one pass computing ``X^T (X W)`` exactly
+in integers (a genes x (n_comps + oversampling) matrix), followed by a Rayleigh-Ritz step. Memory is linear
+in genes.
 
 Either way the result is float32 ``obsm["X_pca"]`` (lazy), ``varm["PCs"]`` and ``uns["pca"]`` with
-``variance`` and ``variance_ratio``, as scanpy writes them, and is bit-identical for any grouping of tiles
-into chunks and any scheduler.
+``variance`` and ``variance_ratio``, as scanpy writes them, and is bit-identical for any tile size (row
+order), any grouping of tiles into chunks and any scheduler.
 """
 from __future__ import annotations
 
+import dask.array as da
 import numpy as np
 import scipy.sparse as sp
 
 from ..dataset import SpatialDataset
-from ._blocks import fold_tiles, gene_mask, get_matrix, map_rows, var_column
+from . import _gram
+from ._blocks import gene_mask, get_matrix, map_rows, tree_reduce, var_column
 from .normalize import scale_block
 
 SOLVERS = ("auto", "covariance_eigh", "randomized")
 #: above this many genes, ``svd_solver="auto"`` picks the randomized path
 MAX_GENES_EIGH = 4000
-#: rows densified at a time inside a tile (bounds memory: 2,048 x 2,000 genes float64 = 33 MB)
-_ROWS_PER_BLOCK = 2048
-#: below this fraction of non-zeros a tile's gram matrix is a sparse product
-_SPARSE_GRAM_DENSITY = 0.15
 
 
 def _take_columns(block, idx: np.ndarray):
@@ -67,52 +67,102 @@ def pca_input(ds: SpatialDataset, layer: str, mask: np.ndarray | None):
     return map_rows(X, _take_columns, dtype=X.dtype, sparse=sp.issparse(X._meta), n_cols=len(idx), idx=idx)
 
 
-def _dense64(block, r0: int, r1: int) -> np.ndarray:
-    b = block[r0:r1]
-    return b.toarray().astype(np.float64) if sp.issparse(b) else np.asarray(b, dtype=np.float64)
+def _bounds(arrays: list[da.Array], progress: bool) -> tuple[np.ndarray, float]:
+    # per-column max |x| and max row L1 norm over all arrays (maxima: exact for any chunking)
+    out = None
+    for X in arrays:
+        b = tree_reduce(X, _gram.block_bounds, _gram.merge_bounds, progress=progress, desc="pca: bounds")
+        out = b if out is None else _gram.merge_bounds(out, b)
+    return out
 
 
-def _gram_tile(block) -> tuple:
-    # (rows, X^T X, column sums) of one tile. Sparse tiles use scipy's sparse product (single-threaded,
-    # ~2x faster than dense BLAS on both cores below ~15% density); denser ones are densified
-    # _ROWS_PER_BLOCK rows at a time (fixed offsets from the tile's first row). Either way the arithmetic
-    # depends on the tile alone, not on the chunk it sits in.
-    n, g = block.shape
-    if sp.issparse(block) and block.nnz < _SPARSE_GRAM_DENSITY * n * g:
-        B = sp.csr_matrix(block, dtype=np.float64)
-        return n, (B.T @ B).toarray(), np.asarray(B.sum(axis=0)).ravel()
-    G = np.zeros((g, g))
-    s = np.zeros(g)
-    for r0 in range(0, n, _ROWS_PER_BLOCK):
-        B = _dense64(block, r0, r0 + _ROWS_PER_BLOCK)
-        G += B.T @ B
-        s += B.sum(axis=0)
-    return n, G, s
+def _sum_partials(arrays, func, progress, desc, **kwargs):
+    out = None
+    for X in arrays:
+        p = tree_reduce(X, func, _gram.add_partials, progress=progress, desc=desc, **kwargs)
+        out = p if out is None else _gram.add_partials(out, p)
+    return out
 
 
-def _xtxw_tile(block, W: np.ndarray) -> tuple:
-    # (rows, X^T (X W), column sums, column sums of squares) of one tile
-    n, g = block.shape
-    Y = np.zeros((g, W.shape[1]))
-    s = np.zeros(g)
-    s2 = np.zeros(g)
-    for r0 in range(0, n, _ROWS_PER_BLOCK):
-        b = block[r0 : r0 + _ROWS_PER_BLOCK]
-        if sp.issparse(b):
-            b = sp.csr_matrix(b, dtype=np.float64)
-            Y += np.asarray(b.T @ (b @ W))
-            s += np.asarray(b.sum(axis=0)).ravel()
-            s2 += np.asarray(b.multiply(b).sum(axis=0)).ravel()
+def fit_pca(arrays: list[da.Array], n_comps: int, *, zero_center: bool = True, solver: str = "covariance_eigh",
+            n_iter: int = 7, n_oversamples: int = 20, random_state: int = 0,
+            progress: bool = True) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+    """Principal axes of the rows of one or several (n_i, g) dask matrices taken together.
+
+    The gram matrix (or ``X^T X W``) is accumulated exactly (:mod:`stdask.pp._gram`), so the result is
+    bit-identical for any chunking, tiling, row order and scheduler.
+
+    Returns
+    -------
+    Vt
+        (n_comps, g) float64 components, signs as scikit-learn.
+    variance
+        (n_comps,) explained variance (``zero_center=False``: the variance of each projected coordinate).
+    total
+        Total variance (sum over genes), so ``variance / total`` is scanpy's ``variance_ratio``.
+    mean
+        (g,) column means.
+    """
+    n = int(sum(X.shape[0] for X in arrays))
+    colmax, rowmax = _bounds(arrays, progress)
+    exps = _gram.column_exponents(colmax)
+    b = _gram.slice_bits(n)
+    if solver == "covariance_eigh":
+        _, acc, sums = _sum_partials(arrays, _gram.gram_block, progress, "pca: covariance", exps=exps, b=b)
+        G, s = _gram.finish_gram(acc, sums, exps, b)
+        mean = s / n
+        M = G - n * np.outer(mean, mean) if zero_center else G
+        Vt, evals = top_eigen(M, n_comps)
+        Vt = _flip(Vt)
+        if zero_center:
+            variance, total = evals / (n - 1), float(np.trace(M)) / (n - 1)
         else:
-            B = np.asarray(b, dtype=np.float64)
-            Y += B.T @ (B @ W)
-            s += B.sum(axis=0)
-            s2 += np.square(B).sum(axis=0)
-    return n, Y, s, s2
+            variance = evals / n - (Vt @ mean) ** 2
+            total = float((np.diag(G) / n - mean**2).sum())
+        return Vt, variance, total, mean
+    g = len(colmax)
+    l = min(g, n_comps + max(0, int(n_oversamples)))
+    rng = np.random.default_rng(random_state)
+    W, _ = np.linalg.qr(rng.standard_normal((g, l)))
+    for it in range(max(0, int(n_iter)) + 1):
+        yexps = _gram.y_exponents(rowmax, W)
+        _, acc, sums = _sum_partials(arrays, _gram.xtxw_block, progress,
+                                     f"pca: randomized pass {it + 1}/{n_iter + 1}", W=W, exps=exps, yexps=yexps,
+                                     b=b)
+        Y, s, s2 = _gram.finish_xtxw(acc, sums, exps, yexps, b)
+        mean = s / n
+        MW = Y - n * np.outer(mean, mean @ W) if zero_center else Y
+        if it < n_iter:
+            W, _ = np.linalg.qr(MW)
+    # Rayleigh-Ritz on the last subspace: W^T M W (M symmetric)
+    B = W.T @ MW
+    B = (B + B.T) / 2
+    evals, evecs = np.linalg.eigh(B)
+    evals, evecs = np.clip(evals[::-1], 0, None), evecs[:, ::-1]
+    Vt = _flip((W @ evecs[:, :n_comps]).T)
+    if zero_center:
+        variance = evals[:n_comps] / (n - 1)
+        total = float(((s2 - n * mean**2) / (n - 1)).sum())
+    else:
+        variance = evals[:n_comps] / n - (Vt @ mean) ** 2
+        total = float((s2 / n - mean**2).sum())
+    return Vt, variance, total, mean
 
 
-def _add(a: tuple, b: tuple) -> tuple:
-    return (a[0] + b[0],) + tuple(x + y for x, y in zip(a[1:], b[1:]))
+def top_eigen(M: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k leading eigenpairs of a symmetric PSD matrix: (k, g) eigenvectors (rows) and (k,) eigenvalues,
+    descending, clipped at 0. Up to 600 rows: full ``eigh``; larger: Lanczos (ARPACK, a fixed start vector,
+    so deterministic) on the in-memory matrix, O(g^2) per step instead of O(g^3)."""
+    g = M.shape[0]
+    if g <= 600 or k >= g - 1:
+        evals, evecs = np.linalg.eigh(M)
+        evals, evecs = np.clip(evals[::-1], 0, None), evecs[:, ::-1]
+        return evecs[:, :k].T, evals[:k]
+    from scipy.sparse.linalg import eigsh
+
+    evals, evecs = eigsh(M, k=k, which="LA", v0=np.full(g, 1.0 / np.sqrt(g)), tol=0)
+    order = np.argsort(evals)[::-1]
+    return evecs[:, order].T, np.clip(evals[order], 0, None)
 
 
 def _project(block, V: np.ndarray, shift: np.ndarray) -> np.ndarray:
@@ -186,25 +236,9 @@ def pca(ds: SpatialDataset, n_comps: int | None = None, *, layer: str = "log1p",
                          f"{ds.n_obs} observations x {g} genes")
     solver = svd_solver if svd_solver != "auto" else ("covariance_eigh" if g <= MAX_GENES_EIGH else "randomized")
     X = pca_input(ds, layer, mask)
-
-    if solver == "covariance_eigh":
-        n, G, s = fold_tiles(ds, X, _gram_tile, _add, progress=progress, desc="pca: covariance")
-        mean = s / n
-        M = G - n * np.outer(mean, mean) if zero_center else G.copy()
-        evals, evecs = np.linalg.eigh(M)
-        evals, evecs = evals[::-1], evecs[:, ::-1]
-        evals = np.clip(evals, 0, None)
-        Vt = _flip(evecs[:, :n_comps].T)
-        if zero_center:
-            ev_all = evals / (n - 1)
-            variance = ev_all[:n_comps]
-            total = ev_all.sum()
-        else:
-            variance = evals[:n_comps] / n - (Vt @ mean) ** 2
-            total = (np.diag(G) / n - mean**2).sum()
-    else:
-        Vt, variance, total, mean = _randomized(ds, X, g, n_comps, zero_center, n_iter, n_oversamples,
-                                                random_state, progress)
+    Vt, variance, total, mean = fit_pca([X], n_comps, zero_center=zero_center, solver=solver, n_iter=n_iter,
+                                        n_oversamples=n_oversamples, random_state=random_state,
+                                        progress=progress)
     shift = (mean @ Vt.T) if zero_center else np.zeros(n_comps)
     X_pca = map_rows(X, _project, dtype=np.float32, sparse=False, n_cols=n_comps, V=Vt.T.copy(), shift=shift)
 
@@ -223,31 +257,4 @@ def pca(ds: SpatialDataset, n_comps: int | None = None, *, layer: str = "log1p",
                                    "variance_ratio": np.asarray(variance / total, dtype=np.float64)})
 
 
-def _randomized(ds, X, g, k, zero_center, n_iter, n_oversamples, random_state, progress):
-    l = min(g, k + max(0, int(n_oversamples)))
-    rng = np.random.default_rng(random_state)
-    W, _ = np.linalg.qr(rng.standard_normal((g, l)))
-    n = mean = s2 = None
-    for it in range(max(0, int(n_iter)) + 1):
-        n, Y, s, s2 = fold_tiles(ds, X, _xtxw_tile, _add, W=W, progress=progress,
-                                 desc=f"pca: randomized pass {it + 1}/{n_iter + 1}")
-        mean = s / n
-        MW = Y - n * np.outer(mean, mean @ W) if zero_center else Y
-        if it < n_iter:
-            W, _ = np.linalg.qr(MW)
-    # Rayleigh-Ritz on the last subspace: W^T M W (M symmetric)
-    B = W.T @ MW
-    B = (B + B.T) / 2
-    evals, evecs = np.linalg.eigh(B)
-    evals, evecs = np.clip(evals[::-1], 0, None), evecs[:, ::-1]
-    Vt = _flip((W @ evecs[:, :k]).T)
-    if zero_center:
-        variance = evals[:k] / (n - 1)
-        total = ((s2 - n * mean**2) / (n - 1)).sum()
-    else:
-        variance = evals[:k] / n - (Vt @ mean) ** 2
-        total = (s2 / n - mean**2).sum()
-    return Vt, variance, total, mean
-
-
-__all__ = ["pca", "pca_input", "SOLVERS", "MAX_GENES_EIGH"]
+__all__ = ["pca", "pca_input", "fit_pca", "top_eigen", "SOLVERS", "MAX_GENES_EIGH"]

@@ -150,7 +150,7 @@ def preprocess(datasets: Sequence[SpatialDataset], n_pcs: int, *, min_cells: int
     Returns lazy (n_k, n_pcs) float32 PCs per dataset and the kept-observation masks.
     """
     from ..pp import _blocks
-    from ..pp.pca import MAX_GENES_EIGH, _add, _flip, _gram_tile, _project, _xtxw_tile
+    from ..pp.pca import MAX_GENES_EIGH, _project, fit_pca
 
     # common genes (inner join, in the first dataset's order)
     names = pd.Index(datasets[0].var_names)
@@ -213,19 +213,9 @@ def preprocess(datasets: Sequence[SpatialDataset], n_pcs: int, *, min_cells: int
     n_pcs = int(min(n_pcs, g, n_eff - 1))
     if n_pcs < 1:
         raise ValueError(f"cannot compute PCs from {n_eff} observations x {g} genes")
-    if g <= MAX_GENES_EIGH:
-        G = s = None
-        for ds, arr in zip(datasets, fit_arrays):
-            _, Gk, sk = _blocks.fold_tiles(ds, arr, _gram_tile, _add, progress=progress, desc="spaseg: pca")
-            G = Gk if G is None else G + Gk
-            s = sk if s is None else s + sk
-        mean = s / n_eff
-        M = G - n_eff * np.outer(mean, mean)
-        Vt, top = _top_eigen(M, n_pcs)
-        Vt = _flip(Vt)
-        ratio = top / max(float(np.trace(M)), 1e-300)
-    else:
-        Vt, ratio, mean = _randomized_joint(datasets, fit_arrays, g, n_pcs, n_eff, progress, _xtxw_tile, _add, _flip)
+    solver = "covariance_eigh" if g <= MAX_GENES_EIGH else "randomized"
+    Vt, variance, total, mean = fit_pca(fit_arrays, n_pcs, solver=solver, progress=progress)
+    ratio = variance / max(total, 1e-300)
     shift = mean @ Vt.T
     pcs = []
     for ds, k, kg, c in zip(datasets, kept, keep_genes, cols):
@@ -233,53 +223,6 @@ def preprocess(datasets: Sequence[SpatialDataset], n_pcs: int, *, min_cells: int
         pcs.append(_blocks.map_rows(arr, _project, dtype=np.float32, sparse=False, n_cols=n_pcs, V=Vt.T.copy(),
                                     shift=shift))
     return _Prepared(pcs, kept, g, float(target), np.asarray(ratio), ratios)
-
-
-def _top_eigen(M: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k leading eigenpairs of a symmetric PSD matrix: (k, g) eigenvectors (rows) and (k,) eigenvalues,
-    descending. Small matrices: full ``eigh``; larger: Lanczos (ARPACK, a fixed start vector, so the result
-    is deterministic) on the in-memory matrix, which costs O(g^2) per step instead of O(g^3)."""
-    g = M.shape[0]
-    if g <= 600 or k >= g - 1:
-        evals, evecs = np.linalg.eigh(M)
-        evals, evecs = np.clip(evals[::-1], 0, None), evecs[:, ::-1]
-        return evecs[:, :k].T, evals[:k]
-    from scipy.sparse.linalg import eigsh
-
-    evals, evecs = eigsh(M, k=k, which="LA", v0=np.full(g, 1.0 / np.sqrt(g)), tol=0)
-    order = np.argsort(evals)[::-1]
-    return evecs[:, order].T, np.clip(evals[order], 0, None)
-
-
-def _randomized_joint(datasets, arrays, g, k, n_eff, progress, _xtxw_tile, _add, _flip, n_iter: int = 7,
-                      n_oversamples: int = 20, random_state: int = 0):
-    """Randomized subspace iteration on the joint covariance (stdask.pp.pca's randomized path, summed
-    over datasets)."""
-    from ..pp import _blocks
-
-    l_ = min(g, k + n_oversamples)
-    rng = np.random.default_rng(random_state)
-    W, _ = np.linalg.qr(rng.standard_normal((g, l_)))
-    MW = mean = s2 = None
-    for it in range(n_iter + 1):
-        Y = s = s2 = None
-        for ds, arr in zip(datasets, arrays):
-            _, Yk, sk, s2k = _blocks.fold_tiles(ds, arr, _xtxw_tile, _add, W=W, progress=progress,
-                                                desc=f"spaseg: pca pass {it + 1}/{n_iter + 1}")
-            Y = Yk if Y is None else Y + Yk
-            s = sk if s is None else s + sk
-            s2 = s2k if s2 is None else s2 + s2k
-        mean = s / n_eff
-        MW = Y - n_eff * np.outer(mean, mean @ W)
-        if it < n_iter:
-            W, _ = np.linalg.qr(MW)
-    Bm = W.T @ MW
-    Bm = (Bm + Bm.T) / 2
-    evals, evecs = np.linalg.eigh(Bm)
-    evals, evecs = np.clip(evals[::-1], 0, None), evecs[:, ::-1]
-    Vt = _flip((W @ evecs[:, :k]).T)
-    total = (s2 - n_eff * mean ** 2).sum()
-    return Vt, evals[:k] / max(total, 1e-300), mean
 
 
 # ----------------------------------------------------------------------------------------------------
