@@ -100,47 +100,67 @@ def _split(v, scale, two_b):  # pragma: no cover - numba
     return np.int64(h), np.int64(np.rint((y - h) * two_b))
 
 
+#: genes per block of the sparse gram kernel: a (block x block x 2) int64 accumulator (256 KiB) stays in L2
+_GENE_BLOCK = 128
+
+
 @numba.njit(cache=True, nogil=True)
 def _csr_gram(indptr, indices, data, scale, b, n_cols):  # pragma: no cover - numba
-    # acc[j, k, 0] = sum h_j h_k, acc[j, k, 1] = sum h_j l_k + l_j h_k, for j <= k; sums[j] = (sum h, sum l)
+    # acc[j, k, 0] = sum h_j h_k, acc[j, k, 1] = sum h_j l_k + l_j h_k, for j <= k; sums[j] = (sum h, sum l).
+    # Needs sorted column indices per row. Pairs are visited one gene block pair at a time: touching the whole
+    # (genes x genes) accumulator for every row streamed it from memory once per row.
+    n_rows = len(indptr) - 1
     acc = np.zeros((n_cols, n_cols, 2), dtype=np.int64)
     sums = np.zeros((n_cols, 2), dtype=np.int64)
     two_b = 2.0**b
-    width = 0
-    for r in range(len(indptr) - 1):
-        width = max(width, indptr[r + 1] - indptr[r])
-    cols = np.empty(width, dtype=np.int64)
-    hs = np.empty(width, dtype=np.int64)
-    ls = np.empty(width, dtype=np.int64)
-    for r in range(len(indptr) - 1):
-        k = 0
-        for p in range(indptr[r], indptr[r + 1]):
-            c = indices[p]
-            h, lo = _split(np.float64(data[p]), scale[c], two_b)
-            if h == 0 and lo == 0:
-                continue
-            cols[k] = c
-            hs[k] = h
-            ls[k] = lo
-            k += 1
-        for a in range(k):
-            ja, ha, la = cols[a], hs[a], ls[a]
-            sums[ja, 0] += ha
-            sums[ja, 1] += la
-            for q in range(a, k):
-                jq = cols[q]
-                hq, lq = hs[q], ls[q]
-                if ja <= jq:
-                    acc[ja, jq, 0] += ha * hq
-                    acc[ja, jq, 1] += ha * lq + la * hq
-                else:
-                    acc[jq, ja, 0] += ha * hq
-                    acc[jq, ja, 1] += ha * lq + la * hq
+    nnz = indptr[n_rows]
+    hs = np.empty(nnz, dtype=np.int64)
+    ls = np.empty(nnz, dtype=np.int64)
+    for p in range(nnz):
+        c = indices[p]
+        h, lo = _split(np.float64(data[p]), scale[c], two_b)
+        hs[p] = h
+        ls[p] = lo
+        sums[c, 0] += h
+        sums[c, 1] += lo
+    B = _GENE_BLOCK
+    n_blocks = (n_cols + B - 1) // B
+    # starts[r, k]: first entry of row r in gene block k (or later)
+    starts = np.empty((n_rows, n_blocks + 1), dtype=np.int64)
+    for r in range(n_rows):
+        p = indptr[r]
+        for k in range(n_blocks + 1):
+            while p < indptr[r + 1] and indices[p] < k * B:
+                p += 1
+            starts[r, k] = p
+    local = np.empty((B, B, 2), dtype=np.int64)
+    for bi in range(n_blocks):
+        for bj in range(bi, n_blocks):
+            local[:] = 0
+            oi, oj = bi * B, bj * B
+            for r in range(n_rows):
+                a0, a1 = starts[r, bi], starts[r, bi + 1]
+                q1 = starts[r, bj + 1]
+                for a in range(a0, a1):
+                    ja = indices[a] - oi
+                    ha, la = hs[a], ls[a]
+                    q0 = a if bi == bj else starts[r, bj]
+                    for q in range(q0, q1):
+                        jq = indices[q] - oj
+                        hq = hs[q]
+                        local[ja, jq, 0] += ha * hq
+                        local[ja, jq, 1] += ha * ls[q] + la * hq
+            ni, nj = min(B, n_cols - oi), min(B, n_cols - oj)
+            for x in range(ni):
+                for y in range(nj):
+                    acc[oi + x, oj + y, 0] += local[x, y, 0]
+                    acc[oi + x, oj + y, 1] += local[x, y, 1]
     return acc, sums
 
 
 def _canonical(block) -> sp.csr_matrix:
-    # one entry per (row, column): the pair loops count each stored entry as a distinct column value
+    # one entry per (row, column), columns sorted: the pair loops count each stored entry as a distinct
+    # column value and walk each row's columns in ascending order
     m = sp.csr_matrix(block) if sp.issparse(block) else sp.csr_matrix(np.asarray(block))
     if not m.has_canonical_format:
         m = m.copy()
