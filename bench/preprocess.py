@@ -35,7 +35,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -53,55 +52,9 @@ def _peak_mib() -> float:
 
 def _synthetic_source(n_obs: int, n_genes: int, layout: str = "cells", **kwargs):
     """A synthetic slice as an ingest source (obs and coordinates up front, counts streamed)."""
-    import pandas as pd
+    from stdask.datasets import SyntheticSource, synthetic_slice
 
-    from stdask.datasets import synthetic_slice
-    from stdask.io.base import EntryChunk, Source
-
-    sl = synthetic_slice(n_obs=n_obs, n_genes=n_genes, layout=layout, seed=0, **kwargs)
-
-    class SyntheticSource(Source):
-        format_name = "synthetic"
-        kind = "obs"
-
-        def __init__(self) -> None:
-            self.path = Path("<synthetic>")
-            self.options = {}
-            # one pass for the observation table; the counts are regenerated (bit-identically) when streamed
-            frames = []
-            for batch in sl.iter_batches(100_000):
-                frames.append(pd.DataFrame({"x": batch.x, "y": batch.y},
-                                           index=sl.barcodes(batch.index, batch.x, batch.y)))
-            self._obs = pd.concat(frames)
-
-        @property
-        def var(self):
-            return sl.var
-
-        @property
-        def obs(self):
-            return self._obs.drop(columns=["x", "y"])
-
-        @property
-        def coords(self):
-            return self._obs[["x", "y"]].to_numpy()
-
-        @property
-        def unit(self):
-            return sl.units
-
-        @property
-        def spot_diameter(self):
-            return sl.spot_diameter
-
-        def iter_entries(self, chunk_size: int = 2_000_000) -> Iterator[EntryChunk]:
-            r0 = 0
-            for _, counts in sl.iter_chunks(100_000):
-                coo = counts.tocoo()
-                yield EntryChunk(coo.row.astype(np.int64) + r0, coo.col.astype(np.int32), coo.data.astype(np.uint32))
-                r0 += counts.shape[0]
-
-    return SyntheticSource()
+    return SyntheticSource(synthetic_slice(n_obs=n_obs, n_genes=n_genes, layout=layout, seed=0, **kwargs))
 
 
 def child_make(store: Path, n_obs: int, n_genes: int) -> dict:

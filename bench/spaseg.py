@@ -33,7 +33,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -51,54 +50,10 @@ def _peak_mib() -> float:
 def _source(case: str):
     """The synthetic slice as an ingest source: obs (with the planted ``domain``) and coordinates up front,
     counts streamed (regenerated bit-identically), so the store is built in bounded memory."""
-    import pandas as pd
-
-    from stdask.datasets import synthetic_slice
-    from stdask.io.base import EntryChunk, Source
+    from stdask.datasets import SyntheticSource, synthetic_slice
 
     sl = synthetic_slice(n_hotspots=0, **CASES[case])
-
-    class SyntheticSource(Source):
-        format_name = "synthetic"
-        kind = "obs"
-
-        def __init__(self) -> None:
-            self.path = Path(f"<synthetic {case}>")
-            self.options = {}
-            frames = []
-            for batch in sl.iter_batches(100_000):
-                f = sl.obs_frame(batch)
-                frames.append(f[[c for c in ("x", "y", "domain", "array_row", "array_col") if c in f.columns]])
-            self._obs = pd.concat(frames)
-
-        @property
-        def var(self):
-            return sl.var
-
-        @property
-        def obs(self):
-            return self._obs.drop(columns=["x", "y"])
-
-        @property
-        def coords(self):
-            return self._obs[["x", "y"]].to_numpy()
-
-        @property
-        def unit(self):
-            return sl.units
-
-        @property
-        def spot_diameter(self):
-            return sl.spot_diameter
-
-        def iter_entries(self, chunk_size: int = 2_000_000) -> Iterator[EntryChunk]:
-            r0 = 0
-            for _, counts in sl.iter_chunks(50_000):
-                coo = counts.tocoo()
-                yield EntryChunk(coo.row.astype(np.int64) + r0, coo.col.astype(np.int32), coo.data.astype(np.uint32))
-                r0 += counts.shape[0]
-
-    return SyntheticSource()
+    return SyntheticSource(sl, obs_columns=("domain", "array_row", "array_col"), chunk_size=50_000)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -250,6 +250,21 @@ def test_to_anndata(stereo):
     assert adata.uns["synth_truth"]["lr_pairs"]["name"] == list(s.truth.lr_pairs["name"])
 
 
+def test_synthetic_source_ingests_the_same_slice(tmp_path, visium):
+    """A store built from the streamed source holds exactly the slice's counts, obs and coordinates."""
+    from stdask.datasets import SyntheticSource
+
+    s, obs, counts = visium
+    src = SyntheticSource(s, obs_columns=("domain", "array_row"), chunk_size=137)
+    ds = stdask.read(stdask.ingest(src, tmp_path / "s.zarr", progress=False))
+    order = pd.Index(obs.index).get_indexer(ds.obs_names)  # the store sorts observations by tile
+    assert (order >= 0).all() and len(order) == s.n_obs
+    X = sp.csr_matrix(ds.X.compute())
+    assert (X != counts[order]).nnz == 0
+    assert np.array_equal(ds.obs["domain"].astype(str).to_numpy(), obs["domain"].astype(str).to_numpy()[order])
+    assert np.allclose(np.asarray(ds.coords), obs[["x", "y"]].to_numpy()[order])
+
+
 # ------------------------------------------------------------------------------------------ GEM
 def _read_gem(path: Path) -> tuple[list[str], pd.DataFrame]:
     opener = gzip.open if path.suffix == ".gz" else open
