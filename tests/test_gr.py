@@ -167,6 +167,18 @@ def test_library_key_keeps_libraries_apart(stores):
         gr.spatial_neighbors(ds, distance=60.0, library_key="nope", verbose=False)
 
 
+def test_rewritten_library_column_is_not_served_from_cache(tmp_path):
+    """Workers cache a store's library codes; rewriting the column must invalidate that cache."""
+    ds = store_of(make_adata(POINTS, lib=LIBS), tmp_path / "s.zarr", 210.0, spot_diameter=15.0)
+    g1 = gr.spatial_neighbors(ds, distance=60.0, library_key="lib", copy=True, scheduler="sync", verbose=False)
+    assert edges(g1.connectivities) == ball_edges(ds.coords, 60.0, ds.obs["lib"].to_numpy())
+    ds.set_result("obs", "lib", pd.Categorical(np.zeros(ds.n_obs, dtype=int)))  # one library now
+    ds.write()
+    g2 = gr.spatial_neighbors(ds, distance=60.0, library_key="lib", copy=True, scheduler="sync", verbose=False)
+    assert edges(g2.connectivities) == ball_edges(ds.coords, 60.0, None)
+    assert edges(g2.connectivities) != edges(g1.connectivities)
+
+
 # ------------------------------------------------------------------------------------------------
 # kNN
 # ------------------------------------------------------------------------------------------------

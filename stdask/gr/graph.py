@@ -77,6 +77,20 @@ def library_codes_of(obs: pd.DataFrame, key: str, where: str) -> np.ndarray:
     return codes.astype(np.int32)
 
 
+def store_version(ds) -> str:
+    """A token that changes whenever the store's data or its ``obs`` table change.
+
+    The ingest uuid alone is not enough for caches keyed on it: ``ds.write()`` rewrites ``obs`` (a new column,
+    or new values under an old name) by renaming a new directory into place, which gives it a new inode.
+    """
+    import os
+
+    from ..store.format import TABLE_PATH
+
+    st = os.stat(ds.path / TABLE_PATH / "obs")
+    return f"{ds.store.uuid}-{st.st_ino}-{st.st_mtime_ns}"
+
+
 @functools.lru_cache(maxsize=8)
 def open_dataset(path: str, uuid: str):
     """The dataset at ``path`` (once per worker process and store version)."""
@@ -127,7 +141,7 @@ def tile_points(tile, h: float, path: str, uuid: str) -> tuple[np.ndarray, np.nd
 
 @functools.lru_cache(maxsize=8)
 def stored_library_codes(path: str, uuid: str, key: str) -> np.ndarray:
-    """Library codes read from a store's ``obs`` (once per worker process and store version).
+    """Library codes read from a store's ``obs`` (once per worker process and :func:`store_version`).
 
     Tasks read the column themselves instead of carrying an n_obs array in every task.
     """

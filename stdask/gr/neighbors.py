@@ -34,7 +34,7 @@ import scipy.sparse as sp
 from ..dataset import SpatialDataset
 from ..tilemap import map_tiles
 from . import delaunay as _delaunay
-from .graph import RowBlock, assemble, library_codes_of, to_matrices
+from .graph import RowBlock, assemble, library_codes_of, store_version, to_matrices
 from .knn import knn_tile
 from .radius import radius_tile
 from .rings import CUTOFF_FACTOR, grid_rings
@@ -194,7 +194,7 @@ def _knn_halos(ds: SpatialDataset, k: int) -> tuple[float, float]:
 
 def _tile_blocks(ds: SpatialDataset, func, scheduler, progress: bool, rows_per_task: int | None, desc: str,
                  **kwargs: Any) -> list[RowBlock]:
-    path, uuid = str(ds.path.resolve()), ds.store.uuid
+    path, uuid = str(ds.path.resolve()), store_version(ds)
     # halo=0: the builders take their halo from the coordinates alone (graph.tile_points); a map_tiles
     # halo would also read the expression rows of every neighbouring tile, which no graph needs
     out = map_tiles(ds, func, halo=0.0, rows_per_task=rows_per_task, scheduler=scheduler, progress=progress,
