@@ -48,6 +48,18 @@ class Background:
         return random_pairs(self.matched[int(self.ligand[j])], self.matched[int(self.receptor[j])], self.n_pairs,
                             self.seed, str(self.names[j]))
 
+    def __dask_tokenize__(self):
+        # the matched genes as three flat arrays rather than a dict of thousands of small ones: tokenizing
+        # those field by field costs more than the task itself on a small slice
+        from dask.base import tokenize
+
+        vals = [np.asarray(v) for v in self.matched.values()]
+        return ("stdask.tl.cci.Background", tokenize(
+            np.asarray(self.names, dtype=str), self.ligand, self.receptor,
+            np.fromiter(self.matched, dtype=np.int64, count=len(self.matched)),
+            np.array([len(v) for v in vals], dtype=np.int64),
+            np.concatenate(vals) if vals else np.empty(0, np.int64), self.n_pairs, self.seed, self.replay))
+
     def tables(self) -> tuple[np.ndarray, np.ndarray]:
         """(n_lr, n_pairs) int32 ligand-side and receptor-side var indices of every LR."""
         if self.replay is not None:

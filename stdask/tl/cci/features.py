@@ -36,6 +36,22 @@ class GeneValues(Sequence):
         return self._fetch(int(self._genes[i]))
 
 
+def _order_stats(v, pos: np.ndarray) -> np.ndarray:
+    """Values at positions ``pos`` (sorted ascending, may repeat) of ``v`` sorted ascending, as float64.
+
+    A full sort for the usual short columns (cheaper than a multi-kth partition there), a partition for
+    long ones; both give the exact order statistics (NaN sorts last in either).
+    """
+    v = np.asarray(v, dtype=np.float64)
+    if len(v) <= _SORT_MAX:
+        return np.sort(v)[pos]
+    return np.partition(v, np.unique(pos))[pos]
+
+
+#: columns with at most this many non-zeros are sorted outright, longer ones partitioned
+_SORT_MAX = 4096
+
+
 def column_quantiles(values: list[np.ndarray], n_obs: int, q: np.ndarray = QUANTILES) -> np.ndarray:
     """Quantiles of columns given only their non-zero values.
 
@@ -52,26 +68,39 @@ def column_quantiles(values: list[np.ndarray], n_obs: int, q: np.ndarray = QUANT
     -------
     (n_q, n_genes) float64 quantiles, equal to ``np.quantile(column, q, method='nearest')``.
     """
+    return _quantiles(values, n_obs, q, False)[0]
+
+
+def column_quantiles_and_median(values: list[np.ndarray], n_obs: int, q: np.ndarray = QUANTILES
+                                ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`column_quantiles` and :func:`nonzero_median` of the same columns, each column read and
+    ordered once."""
+    return _quantiles(values, n_obs, q, True)
+
+
+def _quantiles(values, n_obs: int, q: np.ndarray, median: bool) -> tuple[np.ndarray, np.ndarray | None]:
     k = nearest_index(q, n_obs)
     out = np.zeros((len(q), len(values)), dtype=np.float64)
+    med = np.zeros(len(values)) if median else None
     for g, v in enumerate(values):
-        z = n_obs - len(v)
-        pos = k - z
+        n = len(v)
+        pos = k - (n_obs - n)
         take = pos >= 0
-        if take.any():
-            sel = np.unique(pos[take])
-            part = np.partition(np.asarray(v, dtype=np.float64), sel)
-            out[take, g] = part[pos[take]]
-    return out
+        if median and n:
+            # np.quantile(v, 0.5, method='nearest'): order statistic round_half_even((n - 1) / 2), NaN when
+            # the largest (n - 1) is NaN (NaN sorts last)
+            mpos = round((n - 1) * 0.5)  # Python's round is half-to-even, as np.around
+            vals = _order_stats(v, np.concatenate([pos[take], [mpos, n - 1]]))
+            out[take, g] = vals[:-2]
+            med[g] = np.nan if np.isnan(vals[-1]) else vals[-2]
+        elif take.any():
+            out[take, g] = _order_stats(v, pos[take])
+    return out, med
 
 
 def nonzero_median(values: list[np.ndarray]) -> np.ndarray:
     """Median of each gene's non-zero values (``'nearest'`` rule; 0 for a gene without any)."""
-    out = np.zeros(len(values))
-    for g, v in enumerate(values):
-        if len(v):
-            out[g] = np.quantile(np.asarray(v, dtype=np.float64), 0.5, method="nearest")
-    return out
+    return _quantiles(values, 1, np.zeros(0), True)[1]
 
 
 def csc_nonzeros(X: sp.spmatrix, genes: np.ndarray) -> list[np.ndarray]:
@@ -138,4 +167,4 @@ def matched_genes(ref_q: np.ndarray, cand_q: np.ndarray, n_genes: int) -> tuple[
     from .kernels import canberra_topk
 
     return canberra_topk(np.ascontiguousarray(ref_q, dtype=np.float32),
-                         np.ascontiguousarray(cand_q, dtype=np.float32), int(n_genes))
+                         np.ascontiguousarray(np.asarray(cand_q, dtype=np.float32).T), int(n_genes))

@@ -15,6 +15,15 @@ def _score(xl, ml, xr, mr, m):
     return (a + b) / 2.0
 
 
+@njit(inline="always")
+def _score_plain(xl, ml, xr, mr, m):
+    # _score for finite values >= 0, where x * (1 or 0) is x or +0 exactly: the products become selections
+    # (faster; every comparison with a score > 0 comes out the same, the sign of a zero being irrelevant)
+    a = (xl if mr > m else 0.0) + (mr if xl > m else 0.0)
+    b = (xr if ml > m else 0.0) + (ml if xr > m else 0.0)
+    return (a + b) / 2.0
+
+
 @njit(parallel=True, cache=True)
 def pair_scores(x, mean, lcol, rcol, m):
     """Scores of pairs for every row.
@@ -81,7 +90,8 @@ def background_counts(x_ptr, x_idx, x_val, m_ptr, m_idx, m_val, n_genes, t_ptr, 
 
     Each row's expression and neighbour means are scattered once into dense vectors over all genes, then
     every LR tested at that row evaluates its background pairs by direct indexing, so no per-LR gather
-    or matrix slicing happens.
+    or matrix slicing happens. Rows whose values are all finite and >= 0 use :func:`_score_plain` (the
+    same scores, up to the sign of a zero, so the same counts).
 
     Parameters
     ----------
@@ -110,33 +120,46 @@ def background_counts(x_ptr, x_idx, x_val, m_ptr, m_idx, m_val, n_genes, t_ptr, 
             continue
         xd = np.zeros(n_genes)
         md = np.zeros(n_genes)
+        plain = True  # the row's values are all finite and >= 0 (the usual case): _score_plain applies
         for k in range(x_ptr[i], x_ptr[i + 1]):
-            xd[x_idx[k]] = x_val[k]
+            v = x_val[k]
+            xd[x_idx[k]] = v
+            if not (v >= 0.0 and v < np.inf):
+                plain = False
         for k in range(m_ptr[i], m_ptr[i + 1]):
-            md[m_idx[k]] = m_val[k]
+            v = m_val[k]
+            md[m_idx[k]] = v
+            if not (v >= 0.0 and v < np.inf):
+                plain = False
         for e in range(t_ptr[i], t_ptr[i + 1]):
             j = t_lr[e]
             s = t_obs[e]
             c = 0
-            for k in range(n_pairs):
-                l = pl[j, k]
-                r = pr[j, k]
-                if _score(xd[l], md[l], xd[r], md[r], m) >= s:
-                    c += 1
+            if plain:
+                for k in range(n_pairs):
+                    l = pl[j, k]
+                    r = pr[j, k]
+                    c += _score_plain(xd[l], md[l], xd[r], md[r], m) >= s
+            else:
+                for k in range(n_pairs):
+                    l = pl[j, k]
+                    r = pr[j, k]
+                    c += _score(xd[l], md[l], xd[r], md[r], m) >= s
             out[e] = c
     return out
 
 
 @njit(cache=True)
-def canberra_topk(ref_q, cand_q, n_keep):
+def canberra_topk(ref_q, cand_t, n_keep):
     """Each reference profile's ``n_keep`` nearest candidates by stLearn's float32 Canberra distance.
 
     Parameters
     ----------
     ref_q
         (n_ref, n_q) float32 quantile profiles of the genes to match.
-    cand_q
-        (n_cand, n_q) float32 profiles of the candidate genes.
+    cand_t
+        (n_q, n_cand) float32 profiles of the candidate genes, one row per quantile (candidates along the
+        contiguous axis, so the distance loop runs over candidates in SIMD lanes).
     n_keep
         Candidates to keep per reference.
 
@@ -152,54 +175,93 @@ def canberra_topk(ref_q, cand_q, n_keep):
     float32, as the reference does; candidates at distance 0 (an identical profile) are discarded.
     """
     n_ref, n_q = ref_q.shape
-    n_cand = cand_q.shape[0]
+    n_cand = cand_t.shape[1]
     idx = np.full((n_ref, n_keep), -1, np.int64)
     n_found = np.zeros(n_ref, np.int64)
     d = np.empty(n_cand, np.float32)
     bits = d.view(np.int32)
-    keys = np.empty(n_cand, np.int64)
+    heap = np.empty(max(n_keep, 1), np.int64)
+    zero = np.float32(0.0)
+    inf = np.float32(np.inf)
     for g in range(n_ref):
-        for c in range(n_cand):
-            acc = np.float32(0.0)
-            for q in range(n_q):
-                a = ref_q[g, q]
-                b = cand_q[c, q]
+        d[:] = zero
+        # quantile-outer, candidate-inner: each candidate's sum still runs over the quantiles in order
+        for q in range(n_q):
+            a = ref_q[g, q]
+            for c in range(n_cand):
+                b = cand_t[q, c]
                 den = a + b
                 if den != 0:
-                    acc = np.float32(acc + np.float32(abs(a - b) / den))
+                    d[c] = np.float32(d[c] + np.float32(abs(a - b) / den))
                 elif a != b:  # NaN-producing terms only arise from 0/0, which is skipped
-                    acc = np.float32(acc + np.float32(np.inf))
-            d[c] = acc
-        # sort by (distance, position): a non-negative float32's bits order like the float, so one int64
-        # key per candidate sorts both at once (ties by candidate position, Q2)
-        n_pos = 0
+                    d[c] = np.float32(d[c] + inf)
+        # the n_keep smallest by (distance, position): a non-negative float32's bits order like the float,
+        # so one int64 key per candidate orders both at once (ties by candidate position, Q2). Keys are
+        # distinct, so a bounded max-heap of the smallest keys seen, then heap-sorted, keeps exactly the
+        # candidates a full sort would (and compiles to far less code than np.sort, which matters when the
+        # cached kernel is loaded)
+        k = 0
         for c in range(n_cand):
             if d[c] > 0:
-                keys[n_pos] = (np.int64(bits[c]) << 32) | c
-                n_pos += 1
-        srt = np.sort(keys[:n_pos])
-        k = min(n_keep, n_pos)
+                key = (np.int64(bits[c]) << 32) | c
+                if k < n_keep:
+                    t = k
+                    heap[t] = key
+                    while t > 0:
+                        p = (t - 1) // 2
+                        if heap[p] >= heap[t]:
+                            break
+                        heap[p], heap[t] = heap[t], heap[p]
+                        t = p
+                    k += 1
+                elif key < heap[0]:
+                    heap[0] = key
+                    _sift_down(heap, 0, k)
+        for end in range(k - 1, 0, -1):
+            heap[0], heap[end] = heap[end], heap[0]
+            _sift_down(heap, 0, end)
         for t in range(k):
-            idx[g, t] = srt[t] & 0xFFFFFFFF
+            idx[g, t] = heap[t] & 0xFFFFFFFF
         n_found[g] = k
     return idx, n_found
 
 
+@njit(inline="always")
+def _sift_down(h, root, end):
+    """Restore the max-heap property of ``h[:end]`` below ``root``."""
+    while True:
+        child = 2 * root + 1
+        if child >= end:
+            return
+        if child + 1 < end and h[child + 1] > h[child]:
+            child += 1
+        if h[root] >= h[child]:
+            return
+        h[root], h[child] = h[child], h[root]
+        root = child
+
+
 @njit(cache=True)
-def accept_pairs(a, b, lig, rec, taken, out_l, out_r, n, n_pairs):
-    """Sequential rejection of candidate draws (positions ``a`` into ``lig``, ``b`` into ``rec``).
+def accept_pairs(u, lig, rec, taken, out_l, out_r, n, n_pairs):
+    """Sequential rejection of candidate draws: row k of ``u`` ((m, 2) uniforms in [0, 1)) proposes
+    positions ``a = int(u[k, 0] * n_l)`` into ``lig`` and ``b = int(u[k, 1] * n_r)`` into ``rec`` (truncation,
+    as NumPy's ``(u * n).astype(int64)``).
 
     A draw is kept unless l == r or the pair was drawn before (``taken``, (n_l, n_r) bool, updated).
     Fills ``out_l``/``out_r`` from position ``n``; returns the new count (stops at ``n_pairs``).
     """
-    for k in range(a.shape[0]):
+    n_l = lig.shape[0]
+    n_r = rec.shape[0]
+    for k in range(u.shape[0]):
         if n == n_pairs:
             break
-        l = lig[a[k]]
-        r = rec[b[k]]
-        if l == r or taken[a[k], b[k]]:
+        a = np.int64(u[k, 0] * n_l)
+        b = np.int64(u[k, 1] * n_r)
+        l = lig[a]
+        r = rec[b]
+        if l == r or taken[a, b]:
             continue
-        taken[a[k], b[k]] = True
+        taken[a, b] = True
         out_l[n] = l
         out_r[n] = r
         n += 1

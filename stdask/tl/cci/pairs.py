@@ -28,7 +28,9 @@ def stream(seed: int, name: str, *extra: int) -> np.random.Generator:
 
 def check_possible(lig_genes: np.ndarray, rec_genes: np.ndarray, n_pairs: int, name: str) -> None:
     """Raise if fewer than ``n_pairs`` distinct pairs (l, r), l != r, exist (stLearn would loop for ever, Q17)."""
-    n_possible = len(lig_genes) * len(rec_genes) - len(np.intersect1d(lig_genes, rec_genes))
+    # distinct common genes (np.intersect1d's count), by hash sets: the lists are short and this runs per LR
+    n_possible = len(lig_genes) * len(rec_genes) - len(set(np.asarray(lig_genes).tolist()).intersection(
+        np.asarray(rec_genes).tolist()))
     if n_pairs > n_possible:
         raise ValueError(f"{name}: only {n_possible} distinct background pairs exist from {len(lig_genes)} x "
                          f"{len(rec_genes)} matched genes, fewer than n_pairs={n_pairs}; lower n_pairs")
@@ -62,9 +64,9 @@ def random_pairs(lig_genes: np.ndarray, rec_genes: np.ndarray, n_pairs: int, see
     out_r = np.empty(n_pairs, dtype=np.int64)
     n = 0
     while n < n_pairs:
-        # batches of uniform draws; acceptance is sequential, so the pairs equal one-at-a-time rejection
-        u = rng.random((max(2 * (n_pairs - n), 64), 2))
-        a = (u[:, 0] * len(lig_genes)).astype(np.int64)
-        b = (u[:, 1] * len(rec_genes)).astype(np.int64)
-        n = accept_pairs(a, b, lig_genes, rec_genes, taken, out_l, out_r, n, n_pairs)
+        # batches of uniform draws; acceptance is sequential and consecutive batches continue the stream, so
+        # the pairs equal one-at-a-time rejection whatever the batch size. A batch is sized for the usual
+        # few percent of rejections; a shortfall just draws another batch
+        m = n_pairs - n
+        n = accept_pairs(rng.random((m + m // 4 + 64, 2)), lig_genes, rec_genes, taken, out_l, out_r, n, n_pairs)
     return np.column_stack([out_l, out_r])

@@ -14,6 +14,8 @@ the tiling, so results are identical for any tile size and any number of workers
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import time
 import warnings
 from dataclasses import dataclass
@@ -26,10 +28,11 @@ import scipy.sparse as sp
 
 from ...dataset import SpatialDataset, Tile
 from ...settings import settings
-from ...tilemap import map_tiles
+from ...tilemap import map_tiles, reuse_tiles
 from .correction import adjust_grouped
 from .database import LRPairs, as_pairs
-from .features import QUANTILES, GeneValues, column_quantiles, lr_features, matched_genes, nonzero_median
+from .features import (QUANTILES, GeneValues, column_quantiles, column_quantiles_and_median, lr_features,
+                       matched_genes)
 from .background import Background, BackgroundPairs, background_tables
 from .kernels import background_counts, pair_scores
 from .neighbourhood import neighbour_means, neighbour_means_sparse, tile_neighbourhood
@@ -90,11 +93,17 @@ def _pass1(tile: Tile, *, radius: float, genes: np.ndarray, lcol: np.ndarray, rc
     Xg = X[:, genes]
     own = X[: tile.n_own]
     own.eliminate_zeros()
-    _, pair, _ = _observed(Xg[: tile.n_own], lambda a, b: neighbour_means(nb, Xg, np.arange(a, b)),
-                           lcol, rcol, min_expr)
+    x_own = Xg[: tile.n_own]
     # only what the global steps need: per-pair positive counts (valid-pair filter) and the non-zero values
     # by gene (expression quantiles), never the per-cell scores of every database pair
-    return {"n_pos": np.bincount(pair, minlength=len(lcol)), "n_neighbours": nb.counts,
+    n_pos = np.zeros(len(lcol), np.int64)
+    for a in range(0, tile.n_own, _ROW_BLOCK):
+        b = min(a + _ROW_BLOCK, tile.n_own)
+        rows = None if (a, b) == (0, tile.n_own) else np.arange(a, b)  # one block: no row-subset copy of W
+        s = pair_scores(np.ascontiguousarray(x_own[a:b].toarray(), dtype=np.float64),
+                        np.ascontiguousarray(neighbour_means(nb, Xg, rows)), lcol, rcol, float(min_expr))
+        n_pos += np.count_nonzero(s > 0, axis=0)
+    return {"n_pos": n_pos, "n_neighbours": nb.counts,
             "csc_indptr": own.indptr.astype(np.int64), "csc_data": own.data,
             "min_value": float(own.data.min()) if own.nnz else 0.0}
 
@@ -109,7 +118,8 @@ def _pass2(tile: Tile, *, radius: float, columns: np.ndarray, genes: np.ndarray,
     """
     pl, pr = tables
     nb = tile_neighbourhood(tile, radius, order_of=order_of)
-    X = sp.csr_matrix(_tile_matrix(tile)[:, columns], dtype=np.float64)
+    # only the needed columns, selected on the CSR itself (no CSC copy of the whole tile)
+    X = sp.csr_matrix(sp.csr_matrix(tile.X)[:, columns], dtype=np.float64)
     out = {k: [] for k in ("rows", "pair", "score", "count", "padj")}
     # row blocks bound the memory of a task: neighbour means of all background genes for ~4k rows at a time
     for a in range(0, tile.n_own, _ROW_BLOCK):
@@ -192,6 +202,28 @@ def _order_map(ds: SpatialDataset, neighbour_order) -> dict[int, np.ndarray] | N
     return out
 
 
+@contextlib.contextmanager
+def _old_objects_frozen():
+    """Keep the objects that exist at entry out of the cyclic GC's full passes until exit.
+
+    The first call in a process loads numba's compiled kernels, and numba's one-time set-up allocates some
+    10^5 long-lived objects; that triggers a full collection which walks every object of the imported
+    libraries (~0.15 s with pandas, dask and scipy loaded) although none of them is garbage. Frozen
+    objects are only skipped, never lost: they return to the oldest generation at exit. Not done when the
+    caller has frozen objects itself (their freeze is left as it is).
+    """
+    if gc.get_freeze_count() or not gc.isenabled():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+@reuse_tiles()  # a slice run as one task reads its tile once for both passes
+@_old_objects_frozen()
 def run(
     ds: SpatialDataset,
     lrs,
@@ -332,13 +364,12 @@ def run(
     if len(candidates) < n_genes:
         raise ValueError(f"only {len(candidates)} genes outside the valid LR pairs, but {n_genes} background genes "
                          f"per LR gene are needed for n_pairs={n_pairs}; the background needs non-LR genes")
-    gq = {}
-    for g, q in zip(lr_genes, column_quantiles(GeneValues(nz, lr_genes), n_obs).T):
-        gq[int(g)] = q
+    lr_q, lr_med = column_quantiles_and_median(GeneValues(nz, lr_genes), n_obs)
+    gq = {int(g): q for g, q in zip(lr_genes, lr_q.T)}
     cand_q = column_quantiles(GeneValues(nz, candidates), n_obs).astype(np.float32)
     lq = np.array([gq[int(g)] for g in vl])
     rq = np.array([gq[int(g)] for g in vr])
-    nzmed = {int(g): m for g, m in zip(lr_genes, nonzero_median(GeneValues(nz, lr_genes)))}
+    nzmed = {int(g): m for g, m in zip(lr_genes, lr_med)}
     zero = {int(g): 1.0 - len(nz(g)) / n_obs for g in lr_genes}
     names = vpairs.names
     feats = lr_features(lq, rq, np.array([nzmed[int(g)] for g in vl]), np.array([nzmed[int(g)] for g in vr]),
@@ -383,7 +414,8 @@ def run(
     lcol2 = np.array([pos2[g] for g in vl])
     rcol2 = np.array([pos2[g] for g in vr])
     # the tables are expanded once, by one task, and shared by all tiles (the graph carries the recipe)
-    tables_d = dask.delayed(background_tables, pure=True)(bg, columns)
+    # (``bg`` as one literal with its own cheap token: an argument is otherwise walked field by field)
+    tables_d = dask.delayed(background_tables, pure=True)(dask.delayed(bg, pure=True, traverse=False), columns)
     order_d = dask.delayed(order_of, pure=True, traverse=False) if order_of is not None else None
     res2 = map_tiles(ds, _pass2, halo=radius, layer=layer, rows_per_task=rows_per_task, scheduler=scheduler,
                      progress=progress, desc="cci: backgrounds", radius=radius, columns=columns, genes=genes2,
