@@ -125,11 +125,11 @@ class SpatialDataset:
 
     @property
     def obs_names(self) -> pd.Index:
-        return self.store.obs.index
+        return self.store.obs_names
 
     @property
     def var_names(self) -> pd.Index:
-        return self.store.var.index
+        return self.store.var_names
 
     @property
     def coords(self) -> np.ndarray:

@@ -82,6 +82,23 @@ class StoreReader:
         return read_elem(self.table, "var")
 
     @functools.cached_property
+    def obs_names(self) -> pd.Index:
+        """The ``obs`` index alone (reading only its column: the table can hold many more)."""
+        return self._index_of("obs")
+
+    @functools.cached_property
+    def var_names(self) -> pd.Index:
+        return self._index_of("var")
+
+    def _index_of(self, name: str) -> pd.Index:
+        if name in self.__dict__:  # the whole table is already loaded
+            return self.__dict__[name].index
+        g = self.table[name]
+        key = g.attrs["_index"]
+        # as anndata's dataframe reader names it
+        return pd.Index(read_elem(g, key), name=None if key == "_index" else key)
+
+    @functools.cached_property
     def coords(self) -> np.ndarray:
         """(n_obs, 2) float64 x, y in store units."""
         return np.asarray(self.table["obsm"]["spatial"][:], dtype=np.float64)
