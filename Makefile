@@ -16,8 +16,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
+# two pytest workers, each test file on one worker (files share module fixtures); numba compiles its
+# kernels on first use, which a fresh clone pays once per kernel, in parallel this way
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 demo: $(STAMP)
 	$(VENV)/bin/stdask demo demo_results
