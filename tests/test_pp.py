@@ -555,6 +555,23 @@ def test_identical_for_one_tile_and_many(stores):
     assert np.array_equal(s["leiden"], b["leiden"][perm])
 
 
+def test_dense_scaled_pca_identical_for_one_tile_and_many(stores):
+    """PCA of a dense (scaled, zero-centred) layer: the dense branch of the exact gram and the BLAS
+    projection give the same numbers for 1 tile and many."""
+    res = []
+    for path in stores:
+        ds = stdask.read(path, rows_per_chunk=300)
+        pp.normalize_total(ds)
+        pp.log1p(ds)
+        pp.highly_variable_genes(ds, n_top_genes=60)
+        pp.scale(ds, max_value=10)
+        pp.pca(ds, n_comps=8, layer="scaled")
+        res.append((ds, ds.get_result("uns", "pca")["variance"], get(ds, "obsm", "X_pca")))
+    (ds_s, var_s, X_s), (ds_b, var_b, X_b) = res
+    perm = ds_b.obs_names.get_indexer(ds_s.obs_names)
+    assert np.array_equal(var_s, var_b) and np.array_equal(X_s, X_b[perm])
+
+
 def test_write_and_reopen(adata, stores, tmp_path):
     import shutil
 
