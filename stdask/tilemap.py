@@ -30,6 +30,10 @@ def _run_tiles(path: str, uuid: str, tiles: Sequence[int], halo: float, layer: s
     return [func(ds.tile(int(t), halo=halo, layer=layer), **kwargs) for t in tiles]
 
 
+#: tiles with more stored entries than this are not kept by :func:`reuse_tiles` (~100 MB of CSR)
+_REUSE_MAX_NNZ = 1 << 23
+
+
 #: tiles kept by :func:`reuse_tiles` (None outside such a block)
 _reused: contextvars.ContextVar[dict | None] = contextvars.ContextVar("stdask_reused_tiles", default=None)
 
@@ -57,10 +61,6 @@ def _inline_tile(ds: SpatialDataset, t: int, halo: float, layer: str) -> Tile:
         if getattr(tile.X, "nnz", 0) <= _REUSE_MAX_NNZ:  # large tiles are read again rather than held
             memo[key] = tile
     return tile
-
-
-#: tiles with more stored entries than this are not kept by :func:`reuse_tiles` (~100 MB of CSR)
-_REUSE_MAX_NNZ = 1 << 23
 
 
 def tile_batches(ds: SpatialDataset, rows_per_task: int | None = None) -> list[list[int]]:

@@ -67,20 +67,12 @@ def pca_input(ds: SpatialDataset, layer: str, mask: np.ndarray | None):
     return map_rows(X, _take_columns, dtype=X.dtype, sparse=sp.issparse(X._meta), n_cols=len(idx), idx=idx)
 
 
-def _bounds(arrays: list[da.Array], progress: bool) -> tuple[np.ndarray, float]:
-    # per-column max |x| and max row L1 norm over all arrays (maxima: exact for any chunking)
+def _reduce_all(arrays: list[da.Array], func, combine, progress: bool, desc: str, **kwargs):
+    # an exact reduction (maxima, integer sums) over the row chunks of every array
     out = None
     for X in arrays:
-        b = tree_reduce(X, _gram.block_bounds, _gram.merge_bounds, progress=progress, desc="pca: bounds")
-        out = b if out is None else _gram.merge_bounds(out, b)
-    return out
-
-
-def _sum_partials(arrays, func, progress, desc, **kwargs):
-    out = None
-    for X in arrays:
-        p = tree_reduce(X, func, _gram.add_partials, progress=progress, desc=desc, **kwargs)
-        out = p if out is None else _gram.add_partials(out, p)
+        p = tree_reduce(X, func, combine, progress=progress, desc=desc, **kwargs)
+        out = p if out is None else combine(out, p)
     return out
 
 
@@ -104,11 +96,12 @@ def fit_pca(arrays: list[da.Array], n_comps: int, *, zero_center: bool = True, s
         (g,) column means.
     """
     n = int(sum(X.shape[0] for X in arrays))
-    colmax, rowmax = _bounds(arrays, progress)
+    colmax, rowmax = _reduce_all(arrays, _gram.block_bounds, _gram.merge_bounds, progress, "pca: bounds")
     exps = _gram.column_exponents(colmax)
     b = _gram.slice_bits(n)
     if solver == "covariance_eigh":
-        _, acc, sums = _sum_partials(arrays, _gram.gram_block, progress, "pca: covariance", exps=exps, b=b)
+        _, acc, sums = _reduce_all(arrays, _gram.gram_block, _gram.add_partials, progress, "pca: covariance",
+                                     exps=exps, b=b)
         G, s = _gram.finish_gram(acc, sums, exps, b)
         mean = s / n
         M = G - n * np.outer(mean, mean) if zero_center else G
@@ -126,7 +119,7 @@ def fit_pca(arrays: list[da.Array], n_comps: int, *, zero_center: bool = True, s
     W, _ = np.linalg.qr(rng.standard_normal((g, l)))
     for it in range(max(0, int(n_iter)) + 1):
         yexps = _gram.y_exponents(rowmax, W)
-        _, acc, sums = _sum_partials(arrays, _gram.xtxw_block, progress,
+        _, acc, sums = _reduce_all(arrays, _gram.xtxw_block, _gram.add_partials, progress,
                                      f"pca: randomized pass {it + 1}/{n_iter + 1}", W=W, exps=exps, yexps=yexps,
                                      b=b)
         Y, s, s2 = _gram.finish_xtxw(acc, sums, exps, yexps, b)
