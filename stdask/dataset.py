@@ -9,32 +9,49 @@ committed atomically.
 from __future__ import annotations
 
 import functools
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Generic, Iterator, TypeVar, overload
 
 import dask.array as da
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-import zarr
 from scipy.spatial import cKDTree
 
-from .store.atomic import tmp_sibling
+from .store.elements import RowBlocks
 from .store.format import TABLE_PATH
-from .store.reader import StoreReader, read_csr_range, read_elem
+from .store.info import StoreInfo
+from .store.reader import SLOTS as _SLOTS
+from .store.reader import ElementInfo, StoreReader
+from .store.tiling import Tiling
+from .store.update import write_elements
 
 #: default number of rows per dask chunk (whole tiles are grouped up to about this many rows)
 ROWS_PER_CHUNK = 50_000
 
-_SLOTS = ("obs", "obsm", "obsp", "layers", "uns", "varm")
+#: ``"module:function"`` names of functions ``f(ds, adata)`` that rewrite stored results into the layout other
+#: tools expect on AnnData export (e.g. stLearn's dense CCI matrices). The front door (``stdask/__init__.py``)
+#: registers them explicitly with :func:`register_exporter`; :meth:`SpatialDataset.to_anndata` imports each
+#: when it runs, so the export never depends on which modules happen to have been imported, and this layer
+#: imports no analysis module.
+EXPORTERS: list[str] = []
 
-#: functions ``f(ds, adata)`` that rewrite results into the layout other tools expect on AnnData export
-#: (e.g. stLearn's dense CCI matrices); analysis modules register themselves here, so this layer never
-#: imports them
-EXPORTERS: list = []
+
+def register_exporter(name: str) -> None:
+    """Register an AnnData exporter by ``"package.module:function"`` name (idempotent)."""
+    module, sep, func = name.partition(":")
+    if not sep or not module or not func:
+        raise ValueError(f"an exporter is named 'package.module:function', got {name!r}")
+    if name not in EXPORTERS:
+        EXPORTERS.append(name)
+
+
+def _exporter(name: str):
+    import importlib
+
+    module, _, func = name.partition(":")
+    return getattr(importlib.import_module(module), func)
 
 
 @dataclass
@@ -67,15 +84,46 @@ class Tile:
         return slice(0, self.n_own)
 
 
-@functools.lru_cache(maxsize=64)
-def _csr_group(path: str, uuid: str, name: str) -> zarr.Group:
-    # uuid in the key: a store replaced by a new ingest must not be served from a stale cache entry
-    table = zarr.open_group(path, mode="r", zarr_format=3)[TABLE_PATH]
-    return table["X"] if name == "X" else table["layers"][name]
+@functools.lru_cache(maxsize=8)
+def open_cached(path: str, version: str) -> "SpatialDataset":
+    """The dataset at ``path``, opened once per process and store version (:attr:`StoreReader.version`).
+
+    The worker-side cache of every task that reads a store by path (matrix blocks, tiles, graph halos):
+    metadata and coordinates are read once, then shared. ``version`` is in the key so a store replaced by a
+    new ingest, or whose ``obs`` was rewritten, is opened afresh, never served stale. Values derived from
+    the store are cached on the dataset itself (:meth:`SpatialDataset.derived`), so they share this key.
+    """
+    return SpatialDataset(path)
 
 
-def _read_block(path: str, uuid: str, name: str, start: int, stop: int, n_vars: int) -> sp.csr_matrix:
-    return read_csr_range(_csr_group(path, uuid, name), start, stop, n_vars)
+def _read_block(path: str, version: str, name: str, start: int, stop: int, n_vars: int) -> sp.csr_matrix:
+    return open_cached(path, version).store.read_rows(start, stop, name)
+
+
+T = TypeVar("T")
+
+
+class _FromStore(Generic[T]):
+    """A read-only attribute of :class:`SpatialDataset` that is the attribute of the same name of its
+    :class:`~stdask.store.reader.StoreReader` (the store holds the metadata; the dataset adds the lazy parts)."""
+
+    def __init__(self, doc: str) -> None:
+        self.__doc__ = doc
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, ds: None, owner: type) -> "_FromStore[T]": ...
+
+    @overload
+    def __get__(self, ds: "SpatialDataset", owner: type) -> T: ...
+
+    def __get__(self, ds, owner=None):
+        return self if ds is None else getattr(ds.store, self.name)
+
+    def __set__(self, ds: "SpatialDataset", value: Any) -> None:
+        raise AttributeError(f"{self.name} is read from the store and cannot be set")
 
 
 class SpatialDataset:
@@ -94,15 +142,20 @@ class SpatialDataset:
         self.path = self.store.path
         self.rows_per_chunk = int(rows_per_chunk)
         self._pending: dict[tuple[str, str], Any] = {}
+        self._derived: dict[Any, Any] = {}
 
     # --- shape and metadata ---------------------------------------------------------------------
-    @property
-    def n_obs(self) -> int:
-        return self.store.n_obs
-
-    @property
-    def n_vars(self) -> int:
-        return self.store.n_vars
+    # read from the store under the same name
+    n_obs = _FromStore[int]("Number of observations (rows).")
+    n_vars = _FromStore[int]("Number of genes (columns).")
+    var = _FromStore[pd.DataFrame]("Gene table (pandas).")
+    obs_names = _FromStore[pd.Index]("Observation names (the obs index).")
+    var_names = _FromStore[pd.Index]("Gene names (the var index).")
+    coords = _FromStore[np.ndarray]("(n_obs, 2) float64 x, y in :attr:`unit`.")
+    unit = _FromStore[str]('Coordinate unit (e.g. ``"um"``, ``"DNB"``).')
+    spot_diameter = _FromStore[float | None]("Spot / cell / bin diameter in :attr:`unit`, if known.")
+    tiling = _FromStore[Tiling]("The tile grid.")
+    tile_row_start = _FromStore[np.ndarray]("(n_tiles + 1,) int64: tile t holds rows ``[start[t], start[t+1])``.")
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -120,49 +173,33 @@ class SpatialDataset:
         return obs
 
     @property
-    def var(self) -> pd.DataFrame:
-        return self.store.var
-
-    @property
-    def obs_names(self) -> pd.Index:
-        return self.store.obs_names
-
-    @property
-    def var_names(self) -> pd.Index:
-        return self.store.var_names
-
-    @property
-    def coords(self) -> np.ndarray:
-        """(n_obs, 2) float64 x, y in :attr:`unit`."""
-        return self.store.coords
-
-    @property
-    def unit(self) -> str:
-        return self.store.unit
-
-    @property
-    def spot_diameter(self) -> float | None:
-        """Spot / cell / bin diameter in :attr:`unit`, if known."""
-        return self.store.spot_diameter
-
-    @property
-    def tiling(self):
-        return self.store.tiling
-
-    @property
-    def tile_row_start(self) -> np.ndarray:
-        return self.store.tile_row_start
-
-    @property
     def n_tiles(self) -> int:
         return self.tiling.n_tiles
 
     @property
+    def bounds(self) -> np.ndarray:
+        """(4,) float64 ``xmin, ymin, xmax, ymax`` of the observations in :attr:`unit`."""
+        return self.store.tile_index.bounds
+
+    @property
     def provenance(self) -> dict:
-        return dict(self.store.meta.get("provenance", {}))
+        return dict(self.store.tile_index.provenance)
+
+    def info(self) -> StoreInfo:
+        """Summary of the store (shape, entries, tiles, units, memory of its materialisations); ``str()`` of
+        it is what ``stdask info`` prints."""
+        return StoreInfo.of(self.store)
+
+    def derived(self, key: Any, make: Callable[[], Any]) -> Any:
+        """``make()``, computed once per open dataset and ``key``: for values workers derive from the stored
+        data (e.g. library codes of an obs column); through :func:`open_cached` they live as long as the
+        store version they were computed from."""
+        if key not in self._derived:
+            self._derived[key] = make()
+        return self._derived[key]
 
     def __repr__(self) -> str:
-        nnz = int(self.store.table["X"]["indptr"][-1])
+        nnz = int(self.matrix_info("X").nnz)
         return (f"SpatialDataset {self.path.name}: {self.n_obs:,} obs x {self.n_vars:,} vars, nnz {nnz:,}, "
                 f"{int((np.diff(self.tile_row_start) > 0).sum())}/{self.n_tiles} tiles occupied "
                 f"(tile {self.tiling.tile_size:g} {self.unit})")
@@ -187,14 +224,14 @@ class SpatialDataset:
             raise KeyError(f"no matrix {name!r} in {self.path}; available: {self.store.matrix_names()}")
         groups = self.tile_groups(rows_per_chunk)
         starts = self.tile_row_start
-        key = f"stdask-{name}-{self.store.uuid}-{rows_per_chunk or self.rows_per_chunk}"
+        version = self.store.version
+        key = f"stdask-{name}-{version}-{rows_per_chunk or self.rows_per_chunk}"
         dsk = {
-            (key, i, 0): (_read_block, str(self.path), self.store.uuid, name, int(starts[a]), int(starts[b]),
-                          self.n_vars)
+            (key, i, 0): (_read_block, str(self.path), version, name, int(starts[a]), int(starts[b]), self.n_vars)
             for i, (a, b) in enumerate(groups)
         }
         chunks = (tuple(int(starts[b] - starts[a]) for a, b in groups), (self.n_vars,))
-        dtype = self.store._csr_group(name)["data"].dtype
+        dtype = self.store.matrix_dtype(name)
         meta = sp.csr_matrix((0, 0), dtype=dtype)
         return da.Array(dsk, key, chunks, meta=meta)
 
@@ -265,53 +302,90 @@ class SpatialDataset:
             return self._pending[(slot, key)]
         if slot == "obs":
             return self.store.obs[key]
-        group = self.store.table[slot]
-        if key not in group:
+        if not self.store.has(slot, key):
             raise KeyError(f"no {slot}[{key!r}] in {self.path} or pending")
-        return read_elem(group, key)
+        return self.store.read(slot, key)
 
     @property
     def pending(self) -> list[tuple[str, str]]:
         return list(self._pending)
 
+    def result_keys(self, slot: str, *, stored: bool = True, pending: bool = True) -> list[str]:
+        """Names of the results in ``slot`` (``obs``: its columns): stored ones in the store's order, then
+        pending ones that are not stored yet."""
+        if slot not in _SLOTS:
+            raise ValueError(f"slot must be one of {_SLOTS}, got {slot!r}")
+        keys = self.store.keys(slot) if stored else []
+        if pending:
+            keys += [k for s, k in self._pending if s == slot and k not in keys]
+        return keys
+
+    def is_stored(self, slot: str, key: str) -> bool:
+        """Whether ``slot[key]`` is in the store (whatever is pending)."""
+        return self.store.has(slot, key)
+
+    def is_pending(self, slot: str, key: str) -> bool:
+        """Whether ``slot[key]`` waits for :meth:`write`."""
+        return (slot, key) in self._pending
+
+    def has_result(self, slot: str, key: str) -> bool:
+        """Whether ``slot[key]`` is pending or stored."""
+        return self.is_pending(slot, key) or self.is_stored(slot, key)
+
+    def element_info(self, slot: str, key: str) -> ElementInfo:
+        """Encoding, shape, dtype (and entries or columns) of the stored element ``slot[key]``."""
+        return self.store.element_info(slot, key)
+
+    def matrix_info(self, name: str | None = None) -> ElementInfo | dict[str, ElementInfo]:
+        """:class:`~stdask.store.reader.ElementInfo` (kind ``"csr"`` or ``"dense"``, shape, dtype, nnz) of the
+        stored matrix ``name``, or of ``X`` and every stored layer by name when ``name`` is ``None``.
+
+        Raises ``KeyError`` naming the available matrices when ``name`` is not stored.
+        """
+        if name is not None:
+            return self.store.matrix_info(name)
+        return {n: self.store.matrix_info(n) for n in ["X"] + sorted(self.store.keys("layers"))}
+
+    def stored_matrix(self, name: str) -> da.Array:
+        """``X`` or a stored layer as a dask array: CSR matrices with tile-group row chunks (:meth:`matrix`),
+        dense layers with the chunks they are stored with."""
+        if self.store.matrix_info(name).kind == "dense":
+            return da.from_zarr(self.store.dense_array("layers", name))
+        return self.matrix(name)
+
+    def result_row_counts(self, slot: str, key: str) -> np.ndarray:
+        """(n_rows,) int64 stored entries per row of the stored CSR matrix ``slot[key]`` (reads its row
+        pointers only)."""
+        return self.store.row_counts(slot, key)
+
+    def result_column(self, slot: str, key: str, j: int, fill: float = 0.0,
+                      rows_per_read: int = 1 << 18) -> np.ndarray:
+        """(n_rows,) float64 column ``j`` of the stored matrix ``slot[key]``, read ``rows_per_read`` rows at a
+        time without holding the matrix; for a CSR matrix, rows that store no entry in column ``j`` get
+        ``fill``."""
+        return self.store.column(slot, key, j, fill, rows_per_read)
+
+    def copy(self) -> "SpatialDataset":
+        """The same store opened again, with a copy of the pending results (the values themselves are shared:
+        results are replaced, never modified in place). What is recorded on the copy does not reach ``self``;
+        this is what an analysis called with ``copy=True`` works on."""
+        other = SpatialDataset(self.path, rows_per_chunk=self.rows_per_chunk)
+        other._pending = dict(self._pending)
+        return other
+
     def write(self) -> None:
         """Write pending results into the store; each element is written aside and renamed into place."""
         if not self._pending:
             return
-        table_dir = self.path / TABLE_PATH
-        scratch = tmp_sibling(self.path)
-        try:
-            sg = zarr.open_group(str(scratch), mode="w", zarr_format=3)
-            obs_cols = {k: v for (slot, k), v in self._pending.items() if slot == "obs"}
-            items = [(slot, k, v) for (slot, k), v in self._pending.items() if slot != "obs"]
-            if obs_cols:
-                obs = self.store.obs.copy()
-                for k, v in obs_cols.items():
-                    obs[k] = _obs_values(v)
-                items.append(("", "obs", obs))
-            from .store.writer import write_elem
-
-            for slot, key, value in items:
-                dst_parent = table_dir / slot if slot else table_dir
-                if "/" in key or key.startswith("."):
-                    raise ValueError(f"invalid result key {key!r}")
-                g = sg.require_group(slot) if slot else sg
-                if isinstance(value, da.Array):
-                    _write_dask(g, key, value)
-                else:
-                    write_elem(g, key, value)
-                src = scratch / slot / key if slot else scratch / key
-                dst = dst_parent / key
-                dst_parent.mkdir(parents=True, exist_ok=True)
-                if dst.exists():
-                    old = tmp_sibling(dst)
-                    os.rename(dst, old)
-                    os.rename(src, dst)
-                    shutil.rmtree(old, ignore_errors=True)
-                else:
-                    os.rename(src, dst)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+        obs_cols = {k: v for (slot, k), v in self._pending.items() if slot == "obs"}
+        items = [(f"{TABLE_PATH}/{slot}", k, _storable(v))
+                 for (slot, k), v in self._pending.items() if slot != "obs"]
+        if obs_cols:
+            obs = self.store.obs.copy()
+            for k, v in obs_cols.items():
+                obs[k] = _obs_values(v)
+            items.append((TABLE_PATH, "obs", obs))
+        write_elements(self.path, items)
         self._pending.clear()
         # re-open so cached metadata reflects what is now on disk
         self.store = StoreReader(self.path)
@@ -331,8 +405,8 @@ class SpatialDataset:
                 adata.obs[key] = _obs_values(value)
             else:
                 getattr(adata, slot)[key] = value
-        for export in EXPORTERS:
-            export(self, adata)
+        for name in EXPORTERS:
+            _exporter(name)(self, adata)
         return adata
 
     def write_h5ad(self, path: str | Path) -> Path:
@@ -366,33 +440,25 @@ def _obs_values(v):
     return v if isinstance(v, pd.Categorical) else np.asarray(v)
 
 
-def _write_dask(group: zarr.Group, key: str, arr: da.Array, batch: int = 8) -> None:
-    """Stream a dask array into the store chunk by chunk: CSR chunks become an AnnData ``csr_matrix``
-    element, dense chunks an AnnData ``array``. Only ``batch`` row chunks are in memory at a time."""
+def _storable(value: Any) -> Any:
+    """What the store's writers take: a dask array becomes :class:`~stdask.store.elements.RowBlocks`, its row
+    chunks computed ``batch`` at a time as the writer consumes them (CSR chunks become an AnnData
+    ``csr_matrix`` element, dense chunks an AnnData ``array``)."""
+    if not isinstance(value, da.Array):
+        return value
     from .cluster import compute
-    from .store.writer import CsrStreamWriter, compressor
 
+    arr = value
     if arr.ndim != 2 or len(arr.chunks[1]) != 1:
         arr = arr.rechunk({1: -1}) if arr.ndim == 2 else arr
     blocks = [arr.blocks[i] for i in range(arr.numblocks[0])]
-    if sp.issparse(arr._meta):
-        w = CsrStreamWriter(group, key, arr.shape[1], arr.dtype)
+    batch = 8
+
+    def computed() -> Iterator:
         for i in range(0, len(blocks), batch):
-            for b in compute(*blocks[i : i + batch], progress=False):
-                b = sp.csr_matrix(b)
-                b.sort_indices()
-                w.append(b.indptr, b.indices, b.data)
-        w.close()
-        return
-    z = group.create_array(key, shape=arr.shape, dtype=arr.dtype,
-                           chunks=(min(max(arr.chunks[0]), max(1, (1 << 20) // max(1, arr.dtype.itemsize * int(np.prod(arr.shape[1:]))))),) + arr.shape[1:],
-                           compressors=[compressor()])
-    r0 = 0
-    for i in range(0, len(blocks), batch):
-        for b in compute(*blocks[i : i + batch], progress=False):
-            z[r0 : r0 + len(b)] = np.asarray(b)
-            r0 += len(b)
-    z.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+            yield from compute(*blocks[i : i + batch], progress=False)
+
+    return RowBlocks(arr.shape, arr.dtype, sp.issparse(arr._meta), max(arr.chunks[0]), computed())
 
 
 def read(path: str | Path, rows_per_chunk: int = ROWS_PER_CHUNK) -> SpatialDataset:

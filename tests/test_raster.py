@@ -16,7 +16,8 @@ from stdask.io.memory import AnnDataSource
 from stdask.raster import (RasterBuilder, TileGrid, dataset_grid, median_nn_distance, pixel_affine,
                            quantize, rasterize, read_raster, read_tiles, sample_pixels, write_raster)
 from stdask.settings import settings
-from stdask.store.format import ENCODINGS, StoreFormatError
+from stdask.store.encoding import REGISTRY
+from stdask.store.format import StoreFormatError
 
 
 @pytest.fixture(autouse=True)
@@ -200,7 +201,7 @@ def test_raster_element_roundtrip_xarray_and_tiles(store):
     img, count = rasterize(vals, g)
     aff = pixel_affine(g.row, g.col, ds.coords)
     path = write_raster(ds, "pcs", img[0], count[0], channels=list("abcd"), grid=g.meta(), affine=aff, tile=16)
-    assert path.name == "pcs" and "stdask-raster" in ENCODINGS
+    assert path.name == "pcs" and REGISTRY.versions("stdask-raster") == (1,)
     r = read_raster(ds, "pcs")
     assert r.dims == ("c", "y", "x") and r.shape == (4, 30, 41)
     assert r.data.chunks == ((4,), (16, 14), (16, 16, 9))  # one chunk per tile

@@ -1,34 +1,29 @@
 """Rasters as store elements: ``images/<name>/`` of a slice store, one chunk per tile.
 
-Layout (encoding ``stdask-raster`` version 1, registered in :data:`stdask.store.format.ENCODINGS`)::
-
-    images/<name>/            group: OME-NGFF multiscales metadata as SpatialData writes it (one level),
-                              plus attrs["stdask"] = {encoding, version, tile, channels, grid, affine}
-    images/<name>/0           (C, H, W) float32, chunks (C, tile, tile): one chunk per tile
-    images/<name>/count       (H, W) int32 observations per pixel (0 = empty pixel), same tiles
-
-``spatialdata.read_zarr`` sees an image element (axes c, y, x) whose transformation to the ``global``
-coordinate system is the affine map from pixel centres to store coordinates, fitted to the observations
-(exact for lattices). The element is written under a temporary name and renamed into place, so a crash
-leaves the old element or the new one. A reader refuses an encoding version it does not know.
+The element (encoding ``stdask-raster`` version 1) is written and opened by :mod:`stdask.store.raster`
+through the encoding registry; this module gives it its meaning. ``spatialdata.read_zarr`` sees an image
+element (axes c, y, x) whose transformation to the ``global`` coordinate system is the affine map from pixel
+centres to store coordinates, fitted to the observations (exact for lattices). The element is written aside
+and renamed into place, so a crash leaves the old element or the new one. A reader refuses an encoding
+version it does not know.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import zarr
 
-from ..store.atomic import replace_dir, tmp_sibling
-from ..store.format import ENCODINGS, StoreFormatError, check_encoding
+from ..store.format import IMAGES
+from ..store.raster import RASTER, RasterElement, images_group, open_raster
+from ..store.raster import raster_names as stored_raster_names
+from ..store.reader import open_root
+from ..store.update import write_elements
 
-RASTER_ENCODING = "stdask-raster"
-RASTER_VERSION = 1
-assert RASTER_VERSION in ENCODINGS[RASTER_ENCODING]  # registered in stdask.store.format
+RASTER_ENCODING = RASTER.encoding
+RASTER_VERSION = RASTER.version
 
 #: default tile side (pixels) of a stored raster: 256 x 256 x 15 float32 = 3.9 MB per chunk
 DEFAULT_TILE = 256
-IMAGES = "images"
 
 
 def _store_path(target) -> Path:
@@ -126,56 +121,20 @@ def write_raster(target, name: str, image: np.ndarray, count: np.ndarray | None 
     root_path = _store_path(target)
     if unit is None:
         unit = getattr(target, "unit", "") or ""
-    from ..store.reader import open_root
-    from ..store.writer import compressor
-
     open_root(root_path)  # refuse anything but a committed stdask store
-    images = zarr.open_group(str(root_path / IMAGES), mode="a", zarr_format=3)
-    del images
-    dst = root_path / IMAGES / name
-    tmp = tmp_sibling(dst)
-    try:
-        g = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        a = g.create_array("0", shape=(C, H, W), dtype=np.float32, chunks=(C, min(tile, H), min(tile, W)),
-                           compressors=[compressor()], dimension_names=["c", "y", "x"])
-        a[:] = image
-        k = g.create_array("count", shape=(H, W), dtype=np.int32, chunks=(min(tile, H), min(tile, W)),
-                           compressors=[compressor()], dimension_names=["y", "x"])
-        k[:] = count
-        meta = _ngff_attrs(name, affine, channels, unit)
-        meta["stdask"] = {"encoding": RASTER_ENCODING, "version": RASTER_VERSION, "tile": tile,
-                          "channels": channels, "grid": grid or {}, "unit": unit,
-                          "affine": None if affine is None else np.asarray(affine, float).tolist(),
-                          "extra": attrs or {}}
-        g.attrs.update(meta)
-        replace_dir(tmp, dst)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dst
+    meta = _ngff_attrs(name, affine, channels, unit)
+    meta["stdask"] = {"encoding": RASTER_ENCODING, "version": RASTER_VERSION, "tile": tile,
+                      "channels": channels, "grid": grid or {}, "unit": unit,
+                      "affine": None if affine is None else np.asarray(affine, float).tolist(),
+                      "extra": attrs or {}}
+    images_group(root_path)
+    write_elements(root_path, [(IMAGES, name, RasterElement(image, count, meta))])
+    return root_path / IMAGES / name
 
 
 def raster_names(target) -> list[str]:
     """Names of the stdask rasters stored in ``images/``."""
-    p = _store_path(target) / IMAGES
-    if not p.exists():
-        return []
-    g = zarr.open_group(str(p), mode="r", zarr_format=3)
-    return sorted(k for k in g.group_keys() if RASTER_ENCODING == dict(g[k].attrs).get("stdask", {}).get("encoding"))
-
-
-def _open(target, name: str) -> zarr.Group:
-    p = _store_path(target) / IMAGES / name
-    if not p.exists():
-        raise KeyError(f"{_store_path(target)}: no raster {name!r} (have {raster_names(target)})")
-    g = zarr.open_group(str(p), mode="r", zarr_format=3)
-    meta = dict(g.attrs).get("stdask")
-    if not isinstance(meta, dict):
-        raise StoreFormatError(f"{p}: not a stdask raster (no 'stdask' attributes)")
-    check_encoding(f"raster {name!r} ({p})", meta.get("encoding"), meta.get("version"))
-    return g
+    return stored_raster_names(_store_path(target))
 
 
 def read_raster(target, name: str, count: bool = False):
@@ -196,18 +155,13 @@ def read_raster(target, name: str, count: bool = False):
     tile; ``attrs`` hold the stdask metadata (``tile``, ``grid``, ``affine``, ``unit``, ``channels``).
     Nothing is read until values are asked for.
     """
-    import dask.array as da
     import xarray as xr
 
-    g = _open(target, name)
-    meta = dict(g.attrs)["stdask"]
+    r = open_raster(_store_path(target), name)
+    meta = r.meta
     if count:
-        arr = g["count"]
-        data = da.from_zarr(arr, chunks=arr.chunks)
-        return xr.DataArray(data, dims=("y", "x"), name=f"{name}_count", attrs=meta)
-    arr = g["0"]
-    data = da.from_zarr(arr, chunks=arr.chunks)
-    return xr.DataArray(data, dims=("c", "y", "x"), coords={"c": meta["channels"]}, name=name, attrs=meta)
+        return xr.DataArray(r.count, dims=("y", "x"), name=f"{name}_count", attrs=meta)
+    return xr.DataArray(r.values, dims=("c", "y", "x"), coords={"c": meta["channels"]}, name=name, attrs=meta)
 
 
 def read_tiles(target, name: str, halo: int, tile: int | None = None):

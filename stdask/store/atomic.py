@@ -1,5 +1,9 @@
 """Atomic directory commits: a store (or a store element) is written under a temporary sibling name and
-renamed into place last, so a crash leaves either the old version or the new one, never half of one."""
+renamed into place last, so a crash leaves either the old version or the new one, never half of one.
+
+A whole store is built in :func:`atomic_directory`; elements added to a committed store are written in a
+:func:`scratch_directory` next to it and moved in one at a time with :func:`commit_element`.
+"""
 from __future__ import annotations
 
 import os
@@ -77,3 +81,21 @@ def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     replace_dir(tmp, path)
+
+
+@contextmanager
+def scratch_directory(path: str | Path) -> Iterator[Path]:
+    """A fresh temporary name next to ``path`` (the same file system, so renames out of it are atomic) to
+    write elements under; on exit it is removed with whatever was not moved out of it."""
+    tmp = tmp_sibling(Path(path))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def commit_element(src: Path, dst: Path) -> None:
+    """Move the finished element directory ``src`` to ``dst``: written aside, renamed into place, the old
+    one (if any) removed after (:func:`replace_dir`)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    replace_dir(src, dst)

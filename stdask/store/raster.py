@@ -1,0 +1,104 @@
+"""The raster element (encoding ``stdask-raster`` version 1): ``images/<name>/`` of a store, one chunk per tile.
+
+Layout::
+
+    images/<name>/            group: OME-NGFF multiscales metadata as SpatialData writes it (one level),
+                              plus attrs["stdask"] = {encoding, version, tile, channels, grid, unit, affine, extra}
+    images/<name>/0           (C, H, W) float32, chunks (C, tile, tile): one chunk per tile
+    images/<name>/count       (H, W) int32 observations per pixel (0 = empty pixel), same tiles
+
+This module is the zarr side of :mod:`stdask.raster.store`: it writes and opens the element; what the
+pixels mean (grids, affine maps, xarray) is the raster layer's business.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from .csr import compressor
+from .encoding import IOSpec, read_element, register_read, register_write, spec_of
+from .format import IMAGES, StoreFormatError
+
+RASTER = IOSpec("stdask-raster", 1)
+
+
+@dataclass
+class RasterElement:
+    """A raster as stored.
+
+    Attributes
+    ----------
+    values
+        (C, H, W) float32 pixel values: a numpy array to write; a dask array (one chunk per tile) when read.
+    count
+        (H, W) int32 observations per pixel, same kinds.
+    attrs
+        The group's attributes: NGFF metadata and ``attrs["stdask"]`` (whose ``tile`` sets the chunks).
+    """
+
+    values: Any
+    count: Any
+    attrs: dict
+
+    @property
+    def meta(self) -> dict:
+        """The stdask metadata (``attrs["stdask"]``)."""
+        return self.attrs["stdask"]
+
+
+@register_write(RASTER, RasterElement)
+def write_raster_element(parent: zarr.Group, key: str, r: RasterElement) -> None:
+    C, H, W = r.values.shape
+    tile = int(r.meta["tile"])
+    g = parent.create_group(key)
+    a = g.create_array("0", shape=(C, H, W), dtype=np.float32, chunks=(C, min(tile, H), min(tile, W)),
+                       compressors=[compressor()], dimension_names=["c", "y", "x"])
+    a[:] = r.values
+    k = g.create_array("count", shape=(H, W), dtype=np.int32, chunks=(min(tile, H), min(tile, W)),
+                       compressors=[compressor()], dimension_names=["y", "x"])
+    k[:] = r.count
+    g.attrs.update(r.attrs)
+
+
+@register_read(RASTER)
+def read_raster_element(g: zarr.Group) -> RasterElement:
+    """The element with lazy values and counts (dask, one chunk per tile); nothing is read yet."""
+    import dask.array as da
+
+    values, count = g["0"], g["count"]
+    return RasterElement(da.from_zarr(values, chunks=values.chunks), da.from_zarr(count, chunks=count.chunks),
+                         dict(g.attrs))
+
+
+def raster_names(store: Path) -> list[str]:
+    """Names of the rasters stored in ``images/`` of the store at ``store``."""
+    p = Path(store) / IMAGES
+    if not p.exists():
+        return []
+    g = zarr.open_group(str(p), mode="r", zarr_format=3)
+    return sorted(k for k in g.group_keys() if getattr(spec_of(g[k]), "encoding", None) == RASTER.encoding)
+
+
+def open_raster(store: Path, name: str) -> RasterElement:
+    """Open ``images/<name>`` lazily; a missing element is a ``KeyError``, an unknown version a
+    :class:`~stdask.store.format.StoreFormatError` naming it."""
+    p = Path(store) / IMAGES / name
+    if not p.exists():
+        raise KeyError(f"{store}: no raster {name!r} (have {raster_names(store)})")
+    g = zarr.open_group(str(p), mode="r", zarr_format=3)
+    if not isinstance(dict(g.attrs).get("stdask"), dict):
+        raise StoreFormatError(f"{p}: not a stdask raster (no 'stdask' attributes)")
+    return read_element(g, f"raster {name!r} ({p})")
+
+
+def images_group(store: Path) -> None:
+    """Make sure ``images/`` exists as a zarr group of the store."""
+    zarr.open_group(str(Path(store) / IMAGES), mode="a", zarr_format=3)
+
+
+__all__ = ["RASTER", "RasterElement", "write_raster_element", "read_raster_element", "raster_names",
+           "open_raster", "images_group"]

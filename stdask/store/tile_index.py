@@ -1,0 +1,90 @@
+"""The tile index element (encoding ``stdask-tiling`` version 1): the tile grid, where each tile's rows
+start, the bounds of the observations and the store's units, kept as ``uns/stdask`` of the table.
+
+It is stored as an AnnData ``dict`` whose members ``encoding`` and ``version`` name it, so anndata reads it
+as plain ``uns`` while stdask finds its reader through :mod:`stdask.store.encoding`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .elements import read_anndata, write_anndata
+from .encoding import IOSpec, register_read, register_write
+from .tiling import Tiling
+
+TILE_INDEX = IOSpec("stdask-tiling", 1)
+
+
+@dataclass
+class TileIndex:
+    """What a store records about its tiling.
+
+    Attributes
+    ----------
+    tiling
+        The tile grid.
+    tile_row_start
+        (n_tiles + 1,) int64; rows of tile ``t`` are ``tile_row_start[t]:tile_row_start[t+1]``.
+    bounds
+        (4,) float64 ``xmin, ymin, xmax, ymax`` of the observations, store units (zeros when empty).
+    unit
+        Coordinate unit (e.g. ``"um"``, ``"DNB"``).
+    spot_diameter
+        Spot / cell / bin diameter in ``unit``, or ``None`` when unknown.
+    max_count
+        Largest value of ``X``.
+    provenance
+        What made the store (input, options).
+    curve
+        Row order inside a tile.
+    """
+
+    tiling: Tiling
+    tile_row_start: np.ndarray
+    bounds: np.ndarray
+    unit: str
+    spot_diameter: float | None
+    max_count: float
+    provenance: dict = field(default_factory=dict)
+    curve: str = "hilbert"
+
+    def as_dict(self) -> dict:
+        """The ``uns/stdask`` dict as it is stored."""
+        return {
+            "encoding": TILE_INDEX.encoding,
+            "version": TILE_INDEX.version,
+            "tiling": self.tiling.to_attrs(),
+            "tile_row_start": np.asarray(self.tile_row_start, dtype=np.int64),
+            "bounds": np.asarray(self.bounds, dtype=np.float64),
+            "curve": self.curve,
+            "unit": self.unit,
+            "spot_diameter": float(self.spot_diameter) if self.spot_diameter else float("nan"),
+            "max_count": float(self.max_count),
+            "provenance": self.provenance or {},
+        }
+
+
+@register_write(TILE_INDEX, TileIndex)
+def write_tile_index(parent, key: str, index: TileIndex) -> None:
+    write_anndata(parent, key, index.as_dict())
+
+
+@register_read(TILE_INDEX)
+def read_tile_index(node) -> TileIndex:
+    meta = read_anndata(node)
+    sd = float(meta.get("spot_diameter", np.nan))
+    return TileIndex(
+        tiling=Tiling.from_attrs(meta["tiling"]),
+        tile_row_start=np.asarray(meta["tile_row_start"], dtype=np.int64),
+        bounds=np.asarray(meta["bounds"], dtype=np.float64),
+        unit=str(meta.get("unit", "")),
+        spot_diameter=sd if np.isfinite(sd) else None,
+        max_count=float(meta.get("max_count", np.nan)),
+        provenance=dict(meta.get("provenance", {})),
+        curve=str(meta.get("curve", "hilbert")),
+    )
+
+
+__all__ = ["TILE_INDEX", "TileIndex", "read_tile_index", "write_tile_index"]
