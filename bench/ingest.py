@@ -3,7 +3,7 @@
 Prints one row per (input size, bin): wall time, records/s and the peak RSS of the ingesting process
 (measured in a child process per run with ``os.wait4``), plus the on-disk size of the store. Two input
 sizes show whether memory depends on input size. Also reports the compressed size of the gene-index array
-as int32 (what stdask writes) and as uint16, to back the choice recorded in ``stdask.store.writer``.
+as int32 (what stdask writes) and as uint16, to back the choice recorded in ``stdask.store.csr``.
 
 Usage: ``.venv/bin/python bench/ingest.py [--records 10000000 50000000] [--bins 50 20] [--workdir DIR]``
 """
@@ -51,7 +51,7 @@ def index_compression(store: Path) -> tuple[int, int]:
     """Compressed bytes of the store's gene indices written as int32 and as uint16 (same codec)."""
     import zarr
 
-    from stdask.store.writer import create_1d
+    from stdask.store.csr import create_1d
 
     idx = zarr.open_group(str(store), mode="r")["tables/table/X/indices"][:]
     out = []

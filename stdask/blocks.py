@@ -1,5 +1,6 @@
-"""Block helpers shared by :mod:`stdask.pp`: where a matrix comes from, and reductions over its row chunks
-whose numbers do not depend on how the rows are chunked.
+"""The one block primitive: where a dataset's matrix comes from, row-wise transforms of its row chunks, and
+reductions over them whose numbers do not depend on how the rows are chunked (used by :mod:`stdask.pp` and
+:mod:`stdask.tl`).
 
 Why this module exists: dask's own reductions (``x.sum(axis=0)``) neither work on chunks that are scipy CSR
 matrices nor give the same float result for two chunkings of the same rows. Two reductions are used here:
@@ -9,7 +10,7 @@ matrices nor give the same float result for two chunkings of the same rows. Two 
   any chunking, any tile size (any row order) and any scheduler. It is cheap: a few integer operations per
   stored entry.
 * :func:`tree_reduce` combines per-chunk partials of any other exact reduction (maxima, integer sums:
-  the PCA gram matrix of :mod:`stdask.pp._gram`).
+  the PCA gram matrix of :mod:`stdask.pp.pca`).
 
 Conventions for matrices (see :func:`get_matrix`): ``"X"`` is the store's counts; any other name is a layer,
 taken from the dataset's pending results first (a lazy dask array from an earlier ``stdask.pp`` step), then
@@ -18,29 +19,18 @@ from the store.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import dask
 import dask.array as da
-import numba
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-import zarr
 
-from .. import cluster
-from ..dataset import SpatialDataset
-
-#: bits per limb of the exact accumulator
-_LIMB_BITS = 32
-#: number of limbs; limb k holds bits [32k, 32k + 32) of the fixed-point number (value * 2**-_EMIN)
-_N_LIMBS = 22
-#: weight of the lowest bit: 2**_EMIN. Contributions below it are truncated (deterministically, per value)
-_EMIN = -320
-#: values must be below 2**_EMAX in magnitude (squares of any float32 value are)
-_EMAX = 352
-#: rows between carry normalisations (each add puts < 2**33 into a limb; int64 holds 2**63)
-_NORMALISE_EVERY = 1 << 24
+from . import cluster
+from .backend import get_kernel
+from .backend.cpu.exact import EMAX, EMIN, LIMB_BITS, N_LIMBS
+from .dataset import SpatialDataset
 
 
 def compute(*collections: Any, progress: bool = True, desc: str | None = None) -> tuple:
@@ -70,19 +60,18 @@ def get_matrix(ds: SpatialDataset, layer: str = "X") -> da.Array:
     """
     if layer in (None, "X"):
         return ds.X
-    if ("layers", layer) in ds.pending:
+    if ds.is_pending("layers", layer):
         value = ds.get_result("layers", layer)
         if isinstance(value, da.Array):
             return align_to_tiles(ds, value)
         return _wrap_in_memory(ds, value)
-    if "layers" in ds.store.table and layer in ds.store.table["layers"]:
-        node = ds.store.table["layers"][layer]
-        if isinstance(node, zarr.Array):
-            arr = da.from_zarr(node)
-            return arr.rechunk((ds.X.chunks[0], (ds.n_vars,)))
-        return ds.matrix(layer)
-    stored = [n for n in ds.store.matrix_names() if n != "X"]
-    pend = [k for s, k in ds.pending if s == "layers"]
+    if ds.is_stored("layers", layer):
+        arr = ds.stored_matrix(layer)
+        if ds.matrix_info(layer).kind == "dense":  # stored chunks -> the tile groups of the CSR matrices
+            arr = arr.rechunk((ds.X.chunks[0], (ds.n_vars,)))
+        return arr
+    stored = ds.result_keys("layers", pending=False)
+    pend = ds.result_keys("layers", stored=False)
     raise KeyError(f"no layer {layer!r}: stored layers {stored}, pending layers {pend}, or 'X'")
 
 
@@ -149,12 +138,10 @@ def var_column(ds: SpatialDataset, name: str) -> np.ndarray:
         value = ds.get_result(slot, key)
         if slot == "varm" and isinstance(value, pd.DataFrame) and name in value.columns:
             return value[name].to_numpy()
-    if "varm" in ds.store.table:
-        for key in sorted(ds.store.table["varm"].keys()):
-            node = ds.store.table["varm"][key]
-            if isinstance(node, zarr.Group) and node.attrs.get("encoding-type") == "dataframe":
-                if name in node.attrs.get("column-order", []):
-                    return np.asarray(ds.get_result("varm", key)[name].to_numpy())
+    for key in sorted(ds.result_keys("varm", pending=False)):
+        info = ds.element_info("varm", key)
+        if info.kind == "dataframe" and name in (info.columns or ()):
+            return np.asarray(ds.get_result("varm", key)[name].to_numpy())
     raise KeyError(f"no per-gene column {name!r} in var or in any varm DataFrame; run the step that makes it "
                    "(e.g. stdask.pp.highly_variable_genes for 'highly_variable')")
 
@@ -174,81 +161,6 @@ def gene_mask(ds: SpatialDataset, mask: np.ndarray | str | None) -> np.ndarray |
 # ----------------------------------------------------------------------------------------------------
 # exact column sums
 # ----------------------------------------------------------------------------------------------------
-@numba.njit(cache=True, nogil=True)
-def _acc_add(acc, c, v):  # pragma: no cover - numba
-    # add the float64 value v exactly to the fixed-point number acc[c, :]
-    if v == 0.0:
-        return 0
-    if not np.isfinite(v):
-        return 1
-    m, e = math.frexp(v)  # v = m * 2**e, 0.5 <= |m| < 1
-    if e > _EMAX:
-        return 2
-    neg = m < 0.0
-    if neg:
-        m = -m
-    mant = np.int64(m * 9007199254740992.0)  # m * 2**53, exact
-    p = e - 53 - _EMIN  # bit position of mant's lowest bit in the accumulator
-    if p < 0:
-        if p <= -53:
-            return 0
-        mant >>= -p
-        p = 0
-    k = p >> 5
-    off = p & 31
-    lo = (mant & 0xFFFFFFFF) << off  # < 2**63
-    hi = (mant >> 32) << off  # < 2**52
-    a0 = lo & 0xFFFFFFFF
-    a1 = (lo >> 32) + (hi & 0xFFFFFFFF)
-    a2 = hi >> 32
-    if neg:
-        acc[c, k] -= a0
-        acc[c, k + 1] -= a1
-        acc[c, k + 2] -= a2
-    else:
-        acc[c, k] += a0
-        acc[c, k + 1] += a1
-        acc[c, k + 2] += a2
-    return 0
-
-
-@numba.njit(cache=True, nogil=True)
-def _normalise(acc):  # pragma: no cover - numba
-    # propagate carries so that limbs 0..L-2 lie in [0, 2**32); the top limb keeps the sign
-    n, L = acc.shape
-    for c in range(n):
-        for k in range(L - 1):
-            carry = acc[c, k] >> 32
-            acc[c, k] -= carry << 32
-            acc[c, k + 1] += carry
-
-
-@numba.njit(cache=True, nogil=True)
-def _csr_moments(indptr, indices, data, n_cols, squares):  # pragma: no cover - numba
-    s1 = np.zeros((n_cols, _N_LIMBS), dtype=np.int64)
-    s2 = np.zeros((n_cols, _N_LIMBS) if squares else (0, _N_LIMBS), dtype=np.int64)
-    nnz = np.zeros(n_cols, dtype=np.int64)
-    err = 0
-    n_rows = len(indptr) - 1
-    for r in range(n_rows):
-        for j in range(indptr[r], indptr[r + 1]):
-            c = indices[j]
-            v = np.float64(data[j])
-            if v != 0.0:
-                nnz[c] += 1
-            err |= _acc_add(s1, c, v)
-            if squares:
-                err |= _acc_add(s2, c, v * v)
-        if (r + 1) % _NORMALISE_EVERY == 0:
-            _normalise(s1)
-            if squares:
-                _normalise(s2)
-    _normalise(s1)
-    if squares:
-        _normalise(s2)
-    return s1, s2, nnz, err
-
-
 def _moments_block(block, squares: bool, transform: Callable | None, clip: np.ndarray | None):
     m = to_csr(block)
     data = m.data
@@ -256,21 +168,22 @@ def _moments_block(block, squares: bool, transform: Callable | None, clip: np.nd
         data = transform(data)
     if clip is not None:
         data = np.minimum(data.astype(np.float64), clip[m.indices])
-    s1, s2, nnz, err = _csr_moments(m.indptr.astype(np.int64), m.indices.astype(np.int64), data,
-                                    m.shape[1], squares)
+    s1, s2, nnz, err = get_kernel("csr_moments")(m.indptr.astype(np.int64), m.indices.astype(np.int64), data,
+                                                 m.shape[1], squares)
     if err & 1:
         raise ValueError("the matrix holds NaN or infinite values; column statistics are undefined")
     if err & 2:
-        raise ValueError(f"a value (or its square) exceeds 2**{_EMAX}; column statistics are not supported")
+        raise ValueError(f"a value (or its square) exceeds 2**{EMAX}; column statistics are not supported")
     return s1, s2, nnz
 
 
 def _moments_add(a, b):
     s1 = a[0] + b[0]
     s2 = a[1] + b[1]
-    _normalise(s1)
+    normalise = get_kernel("normalise_limbs")
+    normalise(s1)
     if len(s2):
-        _normalise(s2)
+        normalise(s2)
     return s1, s2, a[2] + b[2]
 
 
@@ -285,9 +198,9 @@ def _tree(parts: list, combine: Callable) -> Any:
 
 
 def limbs_to_int(row: np.ndarray) -> int:
-    """The exact integer (value * 2**-_EMIN) held by one normalised accumulator row."""
+    """The exact integer (value * 2**-EMIN) held by one normalised accumulator row."""
     low = row[:-1].astype("<u4").tobytes()
-    return int.from_bytes(low, "little") + (int(row[-1]) << (_LIMB_BITS * (_N_LIMBS - 1)))
+    return int.from_bytes(low, "little") + (int(row[-1]) << (LIMB_BITS * (N_LIMBS - 1)))
 
 
 class ColumnMoments:
@@ -309,18 +222,18 @@ class ColumnMoments:
 
     def sums(self) -> np.ndarray:
         """(n_cols,) float64 column sums, correctly rounded from the exact sums."""
-        return np.array([math.ldexp(float(limbs_to_int(r)), _EMIN) for r in self._s1], dtype=np.float64)
+        return np.array([math.ldexp(float(limbs_to_int(r)), EMIN) for r in self._s1], dtype=np.float64)
 
     def sums_of_squares(self) -> np.ndarray:
         """(n_cols,) float64 column sums of squares, correctly rounded (needs ``squares=True``)."""
         if not len(self._s2):
             raise ValueError("sums of squares need squares=True")
-        return np.array([math.ldexp(float(limbs_to_int(r)), _EMIN) for r in self._s2], dtype=np.float64)
+        return np.array([math.ldexp(float(limbs_to_int(r)), EMIN) for r in self._s2], dtype=np.float64)
 
     def means(self) -> np.ndarray:
         """(n_cols,) float64 column means, correctly rounded (sum / n_rows)."""
         n = self.n_rows
-        scale = 1 << -_EMIN
+        scale = 1 << -EMIN
         return np.array([limbs_to_int(r) / (n * scale) for r in self._s1], dtype=np.float64)
 
     def variances(self, ddof: int = 1) -> np.ndarray:
@@ -331,7 +244,7 @@ class ColumnMoments:
         n = self.n_rows
         if n - ddof <= 0:
             return np.zeros(len(self._s1))
-        scale = 1 << -_EMIN
+        scale = 1 << -EMIN
         out = np.empty(len(self._s1))
         for c, (r1, r2) in enumerate(zip(self._s1, self._s2)):
             i1, i2 = limbs_to_int(r1), limbs_to_int(r2)
@@ -417,6 +330,20 @@ def row_values(arr: da.Array, func: Callable, *, progress: bool = True, desc: st
     return np.concatenate(res) if res else np.empty(0)
 
 
+def iter_blocks(arr: da.Array, *, batch: int = 8, progress: bool = True,
+                desc: str | None = None) -> Iterator[tuple[int, Any]]:
+    """The row chunks of ``arr`` computed ``batch`` at a time, in row order: yields ``(first row, chunk)``.
+
+    For passes that fold the chunks into running state on the client (memory: one batch of chunks).
+    """
+    blocks = row_blocks(arr)
+    r0 = 0
+    for i in range(0, len(blocks), batch):
+        for b in compute(*blocks[i:i + batch], progress=progress, desc=desc):
+            yield r0, b
+            r0 += b.shape[0]
+
+
 def any_columns(arr: da.Array, func: Callable, *, progress: bool = True, desc: str | None = None,
                 **kwargs: Any) -> np.ndarray:
     """OR over row chunks of a per-chunk boolean (n_cols,) vector ``func(chunk, **kwargs)``."""
@@ -425,7 +352,6 @@ def any_columns(arr: da.Array, func: Callable, *, progress: bool = True, desc: s
 
 
 __all__: Sequence[str] = [
-    "ColumnMoments", "align_to_tiles", "any_columns", "column_moments",
-    "gene_mask", "get_matrix", "map_rows", "row_blocks", "row_values", "set_var_table", "to_csr", "tree_reduce",
-    "var_column",
+    "ColumnMoments", "align_to_tiles", "any_columns", "column_moments", "gene_mask", "get_matrix", "iter_blocks",
+    "map_rows", "row_blocks", "row_values", "set_var_table", "to_csr", "tree_reduce", "var_column",
 ]

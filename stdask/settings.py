@@ -32,27 +32,60 @@ def _check_gpu() -> None:
     """Raise a ``RuntimeError`` that says what to install when the GPU backend cannot work here.
 
     Checked when the backend is chosen, not when the first kernel runs, so a missing CUDA setup is
-    reported before any work starts.
+    reported before any work starts. It exercises what the GPU kernels use: numba.cuda must see a usable
+    device and compile and launch a kernel (the NVVM compiler and the driver both work), and cupy must import
+    and run an array operation on the device. Under numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``, how
+    CI runs the GPU kernels on a CPU) the simulated kernel launch is checked and cupy, which has no simulator,
+    is not needed.
     """
-    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
-        return  # numba's CUDA simulator: the GPU kernels run (slowly) on the CPU, which is how CI tests them
+    simulated = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+    cupy = None
+    if not simulated:
+        try:
+            import cupy
+        except Exception as exc:  # ImportError, or a CUDA library that fails to load
+            raise RuntimeError(
+                "settings.backend='gpu' needs cupy, which could not be imported "
+                f"({type(exc).__name__}: {exc}). Install the GPU extra (`pip install 'stdask[gpu]'`, "
+                "cupy-cuda12x) on a machine with an NVIDIA GPU and CUDA 12, or keep backend='cpu'."
+            ) from exc
     try:
-        import cupy  # noqa: F401  (imported only to prove it is usable)
-    except Exception as exc:  # ImportError, or a CUDA library that fails to load
+        _launch_tiny_cuda_kernel()
+    except Exception as exc:  # no driver, no device, no NVVM: numba raises several kinds of errors
         raise RuntimeError(
-            "settings.backend='gpu' needs cupy, which could not be imported "
-            f"({type(exc).__name__}: {exc}). Install the GPU extra (`pip install 'stdask[gpu]'`, "
-            "cupy-cuda12x) on a machine with an NVIDIA GPU and CUDA 12, or keep backend='cpu'."
+            f"settings.backend='gpu': numba.cuda cannot run a kernel here ({type(exc).__name__}: {exc}). "
+            "Check the NVIDIA driver (`nvidia-smi`) and the CUDA toolkit numba uses "
+            "(`python -c 'from numba import cuda; cuda.detect()'`), or keep backend='cpu'."
         ) from exc
+    if cupy is None:
+        return
     try:
-        n_devices = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # cupy imports on machines without a driver; the first call fails
+        ok = int(cupy.arange(4, dtype=cupy.int64).sum()) == 6
+    except Exception as exc:  # cupy imports on machines without a driver; the first operation fails
         raise RuntimeError(
-            f"settings.backend='gpu': cupy is installed but no CUDA device is usable ({exc}). "
-            "Check the NVIDIA driver (`nvidia-smi`) or keep backend='cpu'."
+            f"settings.backend='gpu': cupy is installed but cannot run on a CUDA device ({type(exc).__name__}: "
+            f"{exc}). Check the NVIDIA driver (`nvidia-smi`) or keep backend='cpu'."
         ) from exc
-    if n_devices < 1:
-        raise RuntimeError("settings.backend='gpu': cupy found no CUDA device; keep backend='cpu'.")
+    if not ok:
+        raise RuntimeError("settings.backend='gpu': a cupy sum on the device gave a wrong result; keep backend='cpu'.")
+
+
+def _launch_tiny_cuda_kernel() -> None:
+    """Compile and launch a one-line numba.cuda kernel and check its output (raises on any failure)."""
+    import numpy as np
+    from numba import cuda
+
+    if not cuda.is_available():
+        raise RuntimeError("numba.cuda finds no usable CUDA device")
+
+    @cuda.jit
+    def _step(a):  # one thread; no thread-index look-up, so the simulator runs it as a closure too
+        a[0] = 2 * a[0] + 1
+
+    d = cuda.to_device(np.full(1, 20, dtype=np.int64))
+    _step[1, 1](d)
+    if int(d.copy_to_host()[0]) != 41:
+        raise RuntimeError("a numba.cuda kernel gave a wrong result")
 
 
 @dataclasses.dataclass

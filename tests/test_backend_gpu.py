@@ -14,8 +14,10 @@ pytestmark = pytest.mark.timeout(600)
 SCRIPT = textwrap.dedent(r"""
     import numpy as np, scipy.sparse as sp, sys, warnings
     warnings.filterwarnings("ignore")
-    from stdask.tl.cci.kernels import background_counts
-    from stdask.tl.cci.kernels_cuda import background_counts_gpu
+    from stdask.backend import get_kernel
+    background_counts = get_kernel("background_counts", "cpu")
+    background_counts_gpu = get_kernel("background_counts", "gpu")
+    assert background_counts_gpu.__module__ == "stdask.backend.gpu.cci", background_counts_gpu.__module__
 
     rng = np.random.default_rng(0)
     n, g, n_lr, n_pairs = 40, 30, 6, 64
@@ -27,11 +29,8 @@ SCRIPT = textwrap.dedent(r"""
     rows = np.repeat(np.arange(n), 3)
     lrs = rng.integers(0, n_lr, rows.size)
     obs = rng.integers(1, 8, rows.size) / 4.0
-    ptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))]).astype(np.int64)
     for m in (0.0, 0.5):
-        cpu = background_counts(x.indptr.astype(np.int64), x.indices.astype(np.int64), x.data,
-                                means.indptr.astype(np.int64), means.indices.astype(np.int64), means.data, g, ptr,
-                                lrs.astype(np.int64), obs, pl, pr, m)
+        cpu = background_counts(x, means, rows, lrs, obs, pl, pr, m)
         gpu = background_counts_gpu(x, means, rows, lrs, obs, pl, pr, m, block_rows=16)
         assert np.array_equal(cpu, gpu), (m, cpu[:10], gpu[:10])
         assert 0 < cpu.sum() < cpu.size * n_pairs  # the comparison is not trivial

@@ -1,4 +1,4 @@
-"""stdask.tl.cci.report: the results folder (every listed file present and non-empty, atomic), the CLI."""
+"""stdask.report.cci_report: the results folder (every listed file present and non-empty, atomic), the CLI."""
 from __future__ import annotations
 
 import re
@@ -13,7 +13,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from stdask import cli  # noqa: E402
-from stdask.tl.cci.report import report  # noqa: E402
+from stdask.report import cci_report  # noqa: E402
 from test_pl import LABEL, REF, build_reference_adata, build_reference_store  # noqa: E402
 
 FIGURES = ["lr_diagnostic_plots", "lr_significant_scatter", "lr_significant_bar", "celltype_lr_diagnostic_plots",
@@ -49,7 +49,7 @@ def adata():
 
 
 def test_report_from_stlearn_anndata(adata, tmp_path):
-    out = report(adata, tmp_path / "cci_report", n_top_lrs=1, verbose=False)
+    out = cci_report(adata, tmp_path / "cci_report", n_top_lrs=1, verbose=False)
     top = adata.uns["lr_summary"].index[0]
     check_folder(out, top)
     summ = pd.read_csv(out / "lr_summary.tsv", sep="\t", index_col=0)
@@ -63,7 +63,7 @@ def test_report_from_stlearn_anndata(adata, tmp_path):
     m = pd.read_csv(out / f"lr_cci_{LABEL}.tsv", sep="\t", index_col=0)
     assert np.array_equal(m.to_numpy(), adata.uns[f"lr_cci_{LABEL}"].to_numpy())
     with pytest.raises(FileExistsError, match="overwrite"):
-        report(adata, out, n_top_lrs=1, verbose=False)
+        cci_report(adata, out, n_top_lrs=1, verbose=False)
 
 
 def test_report_is_atomic(adata, tmp_path, monkeypatch):
@@ -74,7 +74,7 @@ def test_report_is_atomic(adata, tmp_path, monkeypatch):
 
     monkeypatch.setattr(pl, "lr_diagnostics", boom)
     with pytest.raises(RuntimeError, match="interrupted"):
-        report(adata, tmp_path / "r", n_top_lrs=1, verbose=False)
+        cci_report(adata, tmp_path / "r", n_top_lrs=1, verbose=False)
     assert list(tmp_path.iterdir()) == []  # neither the folder nor a temporary sibling
 
 
@@ -84,13 +84,13 @@ def test_report_without_run_cci_results(adata, tmp_path):
         del lr_only.uns[k]
     lr_only.uns["lr_summary"] = lr_only.uns["lr_summary"][["n_spots", "n_spots_sig", "n_spots_sig_pval"]]
     del lr_only.uns["lrfeatures"]
-    out = report(lr_only, tmp_path / "lr_only", n_top_lrs=0, verbose=False)
+    out = cci_report(lr_only, tmp_path / "lr_only", n_top_lrs=0, verbose=False)
     names = set(listed_files(out))
     assert names == {"lr_summary.tsv", "lr_significant_scatter.png", "lr_significant_scatter.pdf",
                      "lr_significant_bar.png", "lr_significant_bar.pdf"}
     assert "run_cci" in (out / "README.md").read_text()
     with pytest.raises(KeyError, match="run_cci"):
-        report(lr_only, tmp_path / "x", use_label=LABEL, verbose=False)
+        cci_report(lr_only, tmp_path / "x", use_label=LABEL, verbose=False)
 
 
 def test_cli_report_on_a_store(adata, tmp_path, capsys):

@@ -1,25 +1,49 @@
-"""``stdask segment STORE``: SpaSEG spatial domains of a store, written back into it.
-
-The lead wires :func:`add_segment_parser` into :mod:`stdask.cli`::
-
-    from .cli_segment import add_segment_parser
-    add_segment_parser(sub)
-"""
+"""``stdask segment STORE [MORE ...]``: SpaSEG spatial domains of one store or several consecutive slices,
+written back into them."""
 from __future__ import annotations
 
 import argparse
 import json
 
+from .common import seed_option
 
-def _cmd_segment(args: argparse.Namespace) -> int:
-    from .dataset import read
-    from .tl.metrics import ari, nmi
-    from .tl.spaseg import spaseg
 
-    if args.scheduler:
-        from .cluster import get_client
+def add_parser(sub, parents: list[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    """Add ``segment`` to the sub-commands."""
+    ps = sub.add_parser("segment", parents=[*parents, seed_option(1029)],
+                        help="SpaSEG spatial domains (unsupervised CNN), written to the store")
+    ps.add_argument("store")
+    ps.add_argument("more", nargs="*", help="more stores: consecutive slices segmented jointly (aligned "
+                    "coordinates)")
+    ps.add_argument("--n-domains", type=int, default=7,
+                    help="SpaSEG's min_label stopping rule: stop once at most this many labels remain (default 7)")
+    ps.add_argument("--key", default="spaseg", help="result key (obs, obsm, uns)")
+    ps.add_argument("--n-pcs", type=int, default=None, help="PCs (default 15; 30 for several slices)")
+    ps.add_argument("--use-rep", default=None, help="use obsm[USE_REP] instead of computing PCs")
+    ps.add_argument("--pitch", type=float, default=None,
+                    help="pixel pitch in store units (default: bin size / median neighbour distance; Visium: "
+                         "array positions)")
+    ps.add_argument("--iterations", type=int, default=2100)
+    ps.add_argument("--pretrain-epochs", type=int, default=400)
+    ps.add_argument("--alpha", type=float, default=None, help="cross-entropy weight (0.4; 0.2 for several slices)")
+    ps.add_argument("--beta", type=float, default=None, help="continuity weight (0.7; 0.4 for several slices)")
+    ps.add_argument("--mode", default="auto", choices=["auto", "full", "tiled", "minibatch"])
+    ps.add_argument("--tile", type=int, default=128, help="tile side in pixels for large images")
+    ps.add_argument("--device", default=None, help="cpu | cuda (default: CUDA when available)")
+    ps.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: torch's setting, capped at one per ~100k pixels of an iteration)")
+    ps.add_argument("--truth", default=None, help="obs column of known domains: print ARI and NMI")
+    ps.add_argument("--no-raster", action="store_true", help="do not store the input raster in images/")
+    ps.add_argument("--json", default=None, help="also write the run summary to this JSON file")
+    ps.set_defaults(func=run)
+    return ps
 
-        get_client(args.scheduler)
+
+def run(args: argparse.Namespace) -> int:
+    from ..dataset import read
+    from ..tl.metrics import ari, nmi
+    from ..tl.spaseg import spaseg
+
     stores = [args.store] + list(args.more or [])
     datasets = [read(s) for s in stores]
     res = spaseg(datasets if len(datasets) > 1 else datasets[0], n_domains=args.n_domains, key_added=args.key,
@@ -53,38 +77,3 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     print(f"[segment] wrote obs['{args.key}'], obsm['{args.key}_embedding'], uns['{args.key}']"
           + ("" if args.no_raster else f" and images/{args.key}_input") + " into " + ", ".join(stores))
     return 0
-
-
-def add_segment_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``segment`` to the ``stdask`` sub-commands; returns the sub-parser."""
-    ps = subparsers.add_parser("segment", help="SpaSEG spatial domains (unsupervised CNN), written to the store")
-    ps.add_argument("store")
-    ps.add_argument("more", nargs="*", help="more stores: consecutive slices segmented jointly (aligned "
-                    "coordinates)")
-    ps.add_argument("--n-domains", type=int, default=7,
-                    help="SpaSEG's min_label stopping rule: stop once at most this many labels remain (default 7)")
-    ps.add_argument("--key", default="spaseg", help="result key (obs, obsm, uns)")
-    ps.add_argument("--seed", type=int, default=1029)
-    ps.add_argument("--n-pcs", type=int, default=None, help="PCs (default 15; 30 for several slices)")
-    ps.add_argument("--use-rep", default=None, help="use obsm[USE_REP] instead of computing PCs")
-    ps.add_argument("--pitch", type=float, default=None,
-                    help="pixel pitch in store units (default: bin size / median neighbour distance; Visium: "
-                         "array positions)")
-    ps.add_argument("--iterations", type=int, default=2100)
-    ps.add_argument("--pretrain-epochs", type=int, default=400)
-    ps.add_argument("--alpha", type=float, default=None, help="cross-entropy weight (0.4; 0.2 for several slices)")
-    ps.add_argument("--beta", type=float, default=None, help="continuity weight (0.7; 0.4 for several slices)")
-    ps.add_argument("--mode", default="auto", choices=["auto", "full", "tiled", "minibatch"])
-    ps.add_argument("--tile", type=int, default=128, help="tile side in pixels for large images")
-    ps.add_argument("--device", default=None, help="cpu | cuda (default: CUDA when available)")
-    ps.add_argument("--threads", type=int, default=None,
-                    help="torch threads (default: torch's setting, capped at one per ~100k pixels of an iteration)")
-    ps.add_argument("--truth", default=None, help="obs column of known domains: print ARI and NMI")
-    ps.add_argument("--no-raster", action="store_true", help="do not store the input raster in images/")
-    ps.add_argument("--json", default=None, help="also write the run summary to this JSON file")
-    ps.add_argument("--scheduler", help="dask scheduler address (default: embedded)")
-    ps.set_defaults(func=_cmd_segment)
-    return ps
-
-
-__all__ = ["add_segment_parser"]

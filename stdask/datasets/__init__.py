@@ -1,7 +1,8 @@
 """Synthetic spatial transcriptomics data and writers of the native input formats stdask ingests.
 
 * :func:`synthetic_slice` -- a slice of any size with planted domains, cell types and ligand-receptor
-  hotspots, streamed chunk by chunk (:mod:`.synthetic`, :mod:`.layouts`, :mod:`.random_streams`);
+  hotspots, streamed chunk by chunk (:mod:`.synthetic`, :mod:`.layouts`, :mod:`.counts`; keyed streams
+  from :mod:`stdask.random_streams`);
   :class:`SyntheticSource` ingests one into a store of any size in bounded memory (:mod:`.source`).
 * Writers (all streaming except h5ad): Stereo-seq GEM / cell-bin GEM and big benchmark GEMs (:mod:`.gem`),
   square-bin and cell-bin GEF (:mod:`.gef`), 10x MTX + ``cell_locations.tsv`` and Space Ranger ``outs/``

@@ -1,14 +1,8 @@
-"""Counter-based random streams and the negative-binomial sampler of the synthetic generator.
+"""The negative-binomial count sampler of the synthetic generator (compiled, multi-threaded).
 
-Every random number the generator draws comes from a stream keyed by ``(seed, purpose, block)``:
-``purpose`` names what is drawn (global parameters, per-observation values, DNB placement ...) and
-``block`` is the index of a fixed-size block of observations. A stream never depends on how the
-caller chunks its reads, so the same seed gives bit-identical data for any ``chunk_size``.
-
-Small draws use numpy generators (PCG64DXSM seeded by ``SeedSequence([seed, purpose, block])``). The
-count matrix, by far the most numbers, uses a counter-based generator instead: entry ``(i, j)`` of a
-block takes the uniform ``hash(key, i * n_genes + j)`` (:func:`counter_uniforms`), so the compiled
-sampler can draw every entry independently, in parallel, and still give the same bits.
+Entry ``(i, j)`` of a block of observations takes the counter-based uniform of ``(key, i * n_genes + j + 1)``
+(:func:`stdask.random_streams.counter_uniform`) and inverts the negative-binomial CDF at it, so the compiled
+sampler draws every entry independently, in parallel, and still gives the same bits for any chunking.
 """
 from __future__ import annotations
 
@@ -19,33 +13,9 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
-#: stream purposes (part of the key; changing a value changes every dataset drawn with it)
-PARAMS = 0  #: global parameters: genes, markers, domains, hotspots
-OBS = 1  #: per-observation values: cell type, library size, hotspot role
-JITTER = 2  #: per-observation position jitter ("cells" layout)
-DNB = 3  #: placement of molecules on DNBs (GEM / GEF writers)
-COUNTS = 5  #: counter-based uniforms of the count matrix (:func:`counter_uniforms`)
+from ..random_streams import counter_uniform
 
-
-def stream(seed: int, purpose: int, block: int = 0) -> np.random.Generator:
-    """The random stream keyed by ``(seed, purpose, block)``.
-
-    Parameters
-    ----------
-    seed
-        Non-negative dataset seed.
-    purpose
-        One of the module constants (:data:`PARAMS`, :data:`OBS`, ...).
-    block
-        Index of the fixed-size observation block (0 for global streams).
-
-    Returns
-    -------
-    numpy.random.Generator
-        A PCG64DXSM generator seeded from ``SeedSequence([seed, purpose, block])``: one independent
-        stream per key.
-    """
-    return np.random.Generator(np.random.PCG64DXSM(np.random.SeedSequence([int(seed), int(purpose), int(block)])))
+__all__ = ["nb_inverse_cdf", "nb_counts"]
 
 
 def nb_inverse_cdf(u: np.ndarray, mu: np.ndarray, theta: np.ndarray) -> np.ndarray:
@@ -98,32 +68,6 @@ _MAX_COUNT = 1_000_000
 _KERNEL_LOCK = threading.Lock()
 
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
-_TO_UNIT = 2.0 ** -53
-
-
-def counter_uniforms(key: int, n: int, g: int) -> np.ndarray:
-    """The uniforms :func:`nb_counts` draws for a block: entry ``(i, j)`` is a hash of ``(key, i * g + j)``.
-
-    SplitMix64's finaliser applied to ``key + (counter + 1) * golden``; the top 53 bits give a float64
-    in [0, 1). Being a pure function of the counter, any entry can be computed alone, in any order or
-    thread.
-
-    Returns
-    -------
-    numpy.ndarray
-        (n, g) float64.
-    """
-    counter = np.arange(1, n * g + 1, dtype=np.uint64)
-    z = np.uint64(key) + counter * _GOLDEN
-    z = (z ^ (z >> np.uint64(30))) * _MIX1
-    z = (z ^ (z >> np.uint64(27))) * _MIX2
-    z = z ^ (z >> np.uint64(31))
-    return ((z >> np.uint64(11)).astype(np.float64) * _TO_UNIT).reshape(n, g)
-
-
 @numba.njit(parallel=True, cache=True)
 def _nb_rows(key, size, combo, base, theta, hot_gene, fold, boost, out):  # pragma: no cover - compiled
     n, g = out.shape
@@ -141,11 +85,7 @@ def _nb_rows(key, size, combo, base, theta, hot_gene, fold, boost, out):  # prag
             if mu > best:
                 best = mu
                 best_j = j
-            z = key + np.uint64(i * g + j + 1) * _GOLDEN
-            z = (z ^ (z >> np.uint64(30))) * _MIX1
-            z = (z ^ (z >> np.uint64(27))) * _MIX2
-            z = z ^ (z >> np.uint64(31))
-            uu = np.float64(z >> np.uint64(11)) * _TO_UNIT
+            uu = counter_uniform(key, np.uint64(i * g + j + 1))
             th = theta[j]
             # theta * log1p(mu / theta) <= a, so 1 - a <= exp(-a) <= P(0): most zeros are decided
             # without a (slow) transcendental call
@@ -208,14 +148,14 @@ def nb_counts(
 
     The mean of entry ``(i, j)`` is ``size[i] * base[combo[i], j]``, except at gene ``hot_gene[i]``
     where it becomes ``fold * mean + boost * size[i]``. Entry ``(i, j)`` is the inverse CDF
-    (:func:`nb_inverse_cdf`) of its own counter-based uniform (:func:`counter_uniforms`), so neither
-    threads nor chunking can change the result. A row that draws no count gets one count in its most
-    expected gene.
+    (:func:`nb_inverse_cdf`) of its own counter-based uniform (:func:`stdask.random_streams.counter_uniform`),
+    so neither threads nor chunking can change the result. A row that draws no count gets one count in its
+    most expected gene.
 
     Parameters
     ----------
     key
-        64-bit key of the block's stream (see :func:`block_key`).
+        64-bit key of the block's stream (:func:`stdask.random_streams.sequence_key`).
     size
         (n,) float64 library size times expression scale.
     combo
@@ -244,40 +184,3 @@ def nb_counts(
     out = sp.csr_matrix((data, indices, indptr), shape=(n, g))
     out.has_sorted_indices = True
     return out
-
-
-def block_key(seed: int, purpose: int, block: int) -> int:
-    """64-bit key of the counter-based uniforms of ``(seed, purpose, block)`` (from ``SeedSequence``)."""
-    return int(np.random.SeedSequence([int(seed), int(purpose), int(block)]).generate_state(1, np.uint64)[0])
-
-
-def barcodes_10x(index: np.ndarray, suffix: str = "-1") -> np.ndarray:
-    """10x-style 16-nt barcodes, unique per index.
-
-    The index goes through a bijection of ``[0, 2**32)`` (xor-shift / odd-multiply mixing) and is then
-    written as 16 bases (2 bits each), so barcodes look random yet never collide.
-
-    Parameters
-    ----------
-    index
-        (n,) non-negative integers below ``2**32``.
-    suffix
-        Appended to each barcode (10x writes the GEM well, ``-1``).
-
-    Returns
-    -------
-    numpy.ndarray
-        (n,) object array of ``str``.
-    """
-    mask = np.uint64(0xFFFFFFFF)
-    # the offset keeps index 0 away from the all-A barcode; every step is a bijection of [0, 2**32)
-    h = (np.asarray(index, dtype=np.uint64) + np.uint64(0x9E3779B9)) & mask
-    for mult in (0x7FEB352D, 0x846CA68B):
-        h ^= h >> np.uint64(16)
-        h = (h * np.uint64(mult)) & mask
-    h ^= h >> np.uint64(16)
-    shifts = np.arange(30, -1, -2, dtype=np.uint64)
-    digits = ((h[:, None] >> shifts[None, :]) & np.uint64(3)).astype(np.uint8)
-    letters = np.frombuffer(b"ACGT", dtype=np.uint8)[digits]
-    codes = np.ascontiguousarray(letters).view("S16").ravel()
-    return np.char.add(codes.astype("U16"), suffix).astype(object)

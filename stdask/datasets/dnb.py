@@ -22,8 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import random_streams as rs
+from ..random_streams import sequence_stream
 from .layouts import CELL_JITTER_UM, CELL_PITCH_UM, DNB_PITCH_UM
+from .purposes import DNB
 
 #: exon fraction of MIDs when ExonCount is written
 EXON_FRACTION = 0.8
@@ -90,7 +91,7 @@ def split_bins(slice_, batch, block: int, exon: bool = False) -> DnbRecords:
     slice_
         The :class:`~stdask.datasets.synthetic.SyntheticSlice` (``"stereo"`` layout).
     batch
-        :class:`~stdask.datasets.synthetic.ObsBatch` holding exactly random block ``block``.
+        :class:`~stdask.datasets.batch.ObsBatch` holding exactly random block ``block``.
     block
         Index of the random block.
     exon
@@ -98,7 +99,7 @@ def split_bins(slice_, batch, block: int, exon: bool = False) -> DnbRecords:
     """
     bs = int(slice_.params.bin_size)
     b2 = bs * bs
-    rng = rs.stream(slice_.params.seed, rs.DNB, block)
+    rng = sequence_stream(slice_.params.seed, DNB, block)
     rows, genes, cnt = _entries(batch.counts)
     n_mol = int(cnt.sum())
     mol_entry = np.repeat(np.arange(len(cnt), dtype=np.int64), cnt)
@@ -221,21 +222,15 @@ def place_cells(slice_, batch, block: int, exon: bool = False,
                 footprints: CellFootprints | None = None) -> DnbRecords:
     """DNB records (with ``cell``) of a block of single cells, background records included.
 
+    ``slice_`` (here of the ``"cells"`` layout), ``batch``, ``block`` and ``exon`` are as for :func:`split_bins`.
+
     Parameters
     ----------
-    slice_
-        The :class:`~stdask.datasets.synthetic.SyntheticSlice` (``"cells"`` layout).
-    batch
-        :class:`~stdask.datasets.synthetic.ObsBatch` holding exactly random block ``block``.
-    block
-        Index of the random block.
-    exon
-        Also draw exon counts.
     footprints
         Precomputed :func:`cell_footprints` of ``batch`` (computed when ``None``).
     """
     fp = footprints if footprints is not None else cell_footprints(slice_, batch)
-    rng = rs.stream(slice_.params.seed, rs.DNB, block)
+    rng = sequence_stream(slice_.params.seed, DNB, block)
     rows, genes, cnt = _entries(batch.counts)
     n_genes = slice_.n_genes
     area = fp.area
@@ -273,3 +268,18 @@ def place_cells(slice_, batch, block: int, exon: bool = False,
     obs = np.concatenate([obs_row + batch.start, np.full(len(bkey), -1, dtype=np.int64)])
     cell = np.where(obs >= 0, obs + 1, 0)
     return DnbRecords(gene, x, y, count, _exon(rng, count, exon), cell, obs)
+
+
+def iter_dnb_records(slice_, exon: bool = False):
+    """DNB records of a ``"stereo"`` or ``"cells"`` slice, one random block at a time.
+
+    Yields
+    ------
+    (block, batch, records)
+        Block index, its :class:`~stdask.datasets.batch.ObsBatch` and :class:`DnbRecords`.
+    """
+    if slice_.layout not in ("stereo", "cells"):
+        raise ValueError(f"DNB-level records exist for the 'stereo' and 'cells' layouts, not {slice_.layout!r}")
+    place = split_bins if slice_.layout == "stereo" else place_cells
+    for block, batch in enumerate(slice_.iter_batches(slice_.block_size)):
+        yield block, batch, place(slice_, batch, block, exon=exon)

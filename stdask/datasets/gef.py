@@ -2,7 +2,7 @@
 
 GEF stores expression gene-major (square bin) or cell-major plus gene-major (cell bin), while the
 generator produces observations in order. The writers therefore spool records to a temporary file,
-scatter them gene-major into a disk-backed array (:class:`GeneMajorSpool`) and copy that into HDF5 in
+scatter them gene-major into a disk-backed array (:class:`.spool.GeneMajorSpool`) and copy that into HDF5 in
 slices: memory stays bounded by a chunk, disk holds a few copies of the records.
 
 Square-bin GEF (:func:`write_gef`)
@@ -61,9 +61,10 @@ from typing import Any, Iterator
 import h5py
 import numpy as np
 
-from .dnb import cell_footprints, place_cells
-from .gem import iter_dnb_records
+from .batch import ObsBatch
+from .dnb import cell_footprints, iter_dnb_records, place_cells
 from .layouts import DNB_PITCH_UM
+from .spool import SLICE, GeneMajorSpool, gene_groups
 
 GEF_VERSION = 4
 CELLBIN_GEF_VERSION = 2
@@ -71,8 +72,6 @@ GEFTOOL_VERSION = (0, 7, 17)
 RESOLUTION_NM = 500
 #: side of a cell-bin GEF spatial block, DNB
 CELL_BLOCK = 256
-#: records read or written per slice when moving data between the spool and HDF5
-SLICE = 1 << 22
 
 
 def _str_attr(obj, name: str, value: str, width: int = 32) -> None:
@@ -98,86 +97,6 @@ def _count_dtype(max_value: int) -> np.dtype:
     if max_value > np.iinfo(np.uint8).max:
         return np.dtype("<u2")
     return np.dtype("<u1")
-
-
-class GeneMajorSpool:
-    """Collect records in any order and read them back grouped by gene, with bounded memory.
-
-    :meth:`append` writes records to a temporary file and counts them per gene; :meth:`finish` scatters
-    them into a disk-backed gene-major array (order within a gene = order of arrival).
-
-    Parameters
-    ----------
-    directory
-        Temporary directory for the spool files.
-    n_genes
-        Number of genes.
-    dtype
-        Structured dtype of a record (without the gene).
-    name
-        File name stem.
-    """
-
-    def __init__(self, directory: Path, n_genes: int, dtype: np.dtype, name: str):
-        self.dtype = np.dtype(dtype)
-        self.n_genes = n_genes
-        self._rec_path = directory / f"{name}.rec"
-        self._gene_path = directory / f"{name}.gene"
-        self._major_path = directory / f"{name}.major"
-        self._rec = open(self._rec_path, "wb")
-        self._gene = open(self._gene_path, "wb")
-        self.counts = np.zeros(n_genes, dtype=np.int64)
-        self.total = 0
-
-    def append(self, gene: np.ndarray, records: np.ndarray) -> None:
-        """Add records ((m,) structured ``dtype``) of genes ``gene`` ((m,) int)."""
-        self._rec.write(np.ascontiguousarray(records, dtype=self.dtype).tobytes())
-        self._gene.write(np.asarray(gene, dtype=np.int32).tobytes())
-        self.counts += np.bincount(gene, minlength=self.n_genes)
-        self.total += len(gene)
-
-    def finish(self) -> tuple[np.ndarray, np.memmap | np.ndarray]:
-        """Scatter to gene-major order.
-
-        Returns
-        -------
-        offsets
-            (n_genes + 1,) int64: gene ``g`` owns ``major[offsets[g]:offsets[g+1]]``.
-        major
-            (total,) structured ``dtype``, disk-backed.
-        """
-        self._rec.close()
-        self._gene.close()
-        offsets = np.zeros(self.n_genes + 1, dtype=np.int64)
-        np.cumsum(self.counts, out=offsets[1:])
-        if self.total == 0:
-            return offsets, np.zeros(0, dtype=self.dtype)
-        major = np.memmap(self._major_path, dtype=self.dtype, mode="w+", shape=(self.total,))
-        cursor = offsets[:-1].copy()
-        for lo in range(0, self.total, SLICE):
-            n = min(SLICE, self.total - lo)
-            rec = np.fromfile(self._rec_path, dtype=self.dtype, count=n, offset=lo * self.dtype.itemsize)
-            gene = np.fromfile(self._gene_path, dtype=np.int32, count=n, offset=lo * 4)
-            order = np.argsort(gene, kind="stable")
-            g_sorted = gene[order]
-            genes, first, per_gene = np.unique(g_sorted, return_index=True, return_counts=True)
-            rank = np.arange(n, dtype=np.int64) - np.repeat(first, per_gene)
-            major[cursor[g_sorted] + rank] = rec[order]
-            cursor[genes] += per_gene
-        major.flush()
-        return offsets, major
-
-
-def _gene_groups(offsets: np.ndarray, limit: int | None = None) -> Iterator[tuple[int, int]]:
-    """Consecutive gene ranges holding about ``limit`` (default :data:`SLICE`) records each (at least one gene)."""
-    limit = SLICE if limit is None else limit
-    g = 0
-    n = len(offsets) - 1
-    while g < n:
-        stop = int(np.searchsorted(offsets, offsets[g] + limit, side="right")) - 1
-        stop = min(max(stop, g + 1), n)
-        yield g, stop
-        g = stop
 
 
 _RAW = np.dtype([("x", "<i8"), ("y", "<i8"), ("count", "<u4"), ("exon", "<u4")])
@@ -207,7 +126,7 @@ def write_gef(
 ) -> dict[str, Any]:
     """Write a square-bin Stereo-seq GEF (see the module docstring for the layout).
 
-    Records come from :func:`stdask.datasets.gem.iter_dnb_records`, so ``geneExp/bin1`` holds exactly the
+    Records come from :func:`stdask.datasets.dnb.iter_dnb_records`, so ``geneExp/bin1`` holds exactly the
     records of :func:`stdask.datasets.gem.write_gem` (background DNBs included for ``"cells"``).
 
     Parameters
@@ -241,7 +160,8 @@ def write_gef(
     out: dict[int, int] = {}
     with tempfile.TemporaryDirectory(dir=Path(path).parent) as tmp, h5py.File(path, "w") as f:
         tmpdir = Path(tmp)
-        spools = {n: GeneMajorSpool(tmpdir, G, _RAW, f"bin{n}") for n in bins}
+        # this module's SLICE sets every slice size of the writers (one knob, rebound by tests)
+        spools = {n: GeneMajorSpool(tmpdir, G, _RAW, f"bin{n}", SLICE) for n in bins}
         lo = {n: [np.iinfo(np.int64).max] * 2 for n in bins}
         hi = {n: [np.iinfo(np.int64).min] * 2 for n in bins}
         occupied = 0
@@ -299,7 +219,7 @@ def _write_bin(f, n, offsets, major, names, lo, hi, exon, grid, tmpdir):
     e10 = np.zeros(G, dtype=np.float64)
     m = 0
     max_exp = max_exon = 0
-    for g0, g1 in _gene_groups(offsets):
+    for g0, g1 in gene_groups(offsets, SLICE):
         part = np.asarray(major[offsets[g0]:offsets[g1]])
         gene = np.repeat(np.arange(g0, g1, dtype=np.int64), np.diff(offsets[g0:g1 + 1]))
         gene, x, y, count, e = _aggregate(gene, part["x"], part["y"], part["count"], part["exon"])
@@ -429,8 +349,6 @@ class _CellBlocks:
                 batch=blk["batch"].take(lo, hi), cx=fp.centre_x[lo:hi], cy=fp.centre_y[lo:hi],
                 area=fp.area[lo:hi], dnb=blk["dnb_count"][lo:hi], border=fp.border[lo:hi],
             ))
-        from .synthetic import ObsBatch
-
         return dict(
             batch=ObsBatch.concat([p["batch"] for p in parts]),
             cx=np.concatenate([p["cx"] for p in parts]), cy=np.concatenate([p["cy"] for p in parts]),
@@ -443,6 +361,145 @@ def _append(ds, data: np.ndarray) -> None:
     n = ds.shape[0]
     ds.resize((n + len(data),))
     ds[n:] = data
+
+
+def _cells_by_band(slice_, n_bands: int) -> Iterator[tuple[int, dict[str, Any], np.ndarray, np.ndarray, np.ndarray]]:
+    """Each band of 256-DNB block rows with cells: (band, rows, gx, gy, sel); ``rows`` as
+    :meth:`_CellBlocks.rows` of the lattice rows that can reach the band, ``gx, gy`` their centre DNBs and
+    ``sel`` the positions of the band's cells, sorted by block column."""
+    geo = slice_.geometry
+    blocks = _CellBlocks(slice_)
+    band_um = CELL_BLOCK * DNB_PITCH_UM
+    for band in range(n_bands):
+        # lattice rows whose jittered centres can fall in this band (plus one row of margin)
+        r_lo = max(0, int(math.floor((band * band_um - geo.jitter - geo.y0) / geo.step_y)) - 1)
+        r_hi = min(geo.n_rows - 1, int(math.ceil(((band + 1) * band_um + geo.jitter - geo.y0) / geo.step_y)) + 1)
+        start, stop = r_lo * geo.n_cols, min(slice_.n_obs, (r_hi + 1) * geo.n_cols)
+        if start >= stop:
+            continue
+        rows = blocks.rows(start, stop)
+        gx = np.floor(rows["cx"]).astype(np.int64)
+        gy = np.floor(rows["cy"]).astype(np.int64)
+        sel = np.flatnonzero(gy // CELL_BLOCK == band)
+        if sel.size:
+            yield band, rows, gx, gy, sel[np.argsort(gx[sel] // CELL_BLOCK, kind="stable")]
+
+
+class _CellTables:
+    """The cell-major part of ``cellBin`` (``cell``, ``cellExp``, ``cellBorder``), filled band by band; the
+    gene-major records go to ``spool``. Keeps the totals the block index and the attributes need."""
+
+    def __init__(self, grp, n_obs: int, spool: GeneMajorSpool):
+        self.cell = grp.create_dataset("cell", shape=(0,), maxshape=(None,), dtype=_CELL_DTYPE, chunks=(1 << 14,))
+        self.exp = grp.create_dataset("cellExp", shape=(0,), maxshape=(None,), dtype=_CELL_EXP_DTYPE,
+                                      chunks=(1 << 16,), compression="gzip", compression_opts=4)
+        self.border = grp.create_dataset("cellBorder", shape=(n_obs, 32, 2), dtype=np.int16,
+                                         chunks=(min(n_obs, 1 << 12), 32, 2))
+        self.spool = spool
+        self.n_cells = self.n_exp = self.max_count = self.x_max = 0
+        self.block_counts: dict[tuple[int, int], int] = {}  # (block row, block column) -> cells
+
+    def add_band(self, band: int, rows: dict[str, Any], gx: np.ndarray, gy: np.ndarray, sel: np.ndarray) -> None:
+        """Append the cells ``sel`` of ``rows`` (one band, in block-column order) to every table."""
+        batch = rows["batch"]
+        counts = batch.counts[sel]
+        k = len(sel)
+        ids = np.arange(self.n_cells, self.n_cells + k, dtype=np.int64)
+        gene_count = np.diff(counts.indptr)
+        exp_count = np.asarray(counts.sum(axis=1)).ravel()
+        too_big = [name for name, v in (("expCount", exp_count), ("area", rows["area"][sel]),
+                                        ("dnbCount", rows["dnb"][sel])) if v.max() > _U16_MAX]
+        if too_big or (counts.data.size and counts.data.max() > _U16_MAX):
+            raise ValueError(f"cell-bin GEF stores {too_big or ['count']} as uint16; a cell exceeds 65535")
+        cell = np.zeros(k, dtype=_CELL_DTYPE)
+        cell["id"], cell["x"], cell["y"] = ids, gx[sel], gy[sel]
+        cell["offset"] = self.n_exp + counts.indptr[:-1]
+        cell["geneCount"], cell["expCount"] = gene_count, exp_count
+        cell["dnbCount"], cell["area"] = rows["dnb"][sel], rows["area"][sel]
+        cell["cellTypeID"], cell["clusterID"] = batch.cell_type[sel], batch.domain[sel]
+        _append(self.cell, cell)
+        cexp = np.zeros(counts.nnz, dtype=_CELL_EXP_DTYPE)
+        cexp["geneID"], cexp["count"] = counts.indices, counts.data
+        _append(self.exp, cexp)
+        self.border[self.n_cells:self.n_cells + k] = rows["border"][sel]
+        gexp = np.zeros(counts.nnz, dtype=_GENE_EXP_DTYPE)
+        gexp["cellID"] = np.repeat(ids, gene_count)
+        gexp["count"] = counts.data
+        self.spool.append(counts.indices.astype(np.int64), gexp)
+        for blk_x, c in zip(*np.unique(gx[sel] // CELL_BLOCK, return_counts=True)):
+            self.block_counts[(band, int(blk_x))] = int(c)
+        self.x_max = max(self.x_max, int(gx[sel].max()))
+        self.max_count = max(self.max_count, int(counts.data.max()) if counts.nnz else 0)
+        self.n_cells += k
+        self.n_exp += counts.nnz
+
+    def write_block_index(self, grp, n_bands: int) -> None:
+        """``blockIndex`` (start of each block's cells, blocks row-major) and ``blockSize``."""
+        x_blocks, y_blocks = self.x_max // CELL_BLOCK + 1, n_bands
+        per_block = np.zeros(x_blocks * y_blocks, dtype=np.int64)
+        for (by, bx), c in self.block_counts.items():
+            per_block[by * x_blocks + bx] = c
+        block_index = np.zeros(len(per_block) + 1, dtype=np.uint32)
+        np.cumsum(per_block, out=block_index[1:], dtype=np.uint32)
+        grp.create_dataset("blockIndex", data=block_index)
+        grp.create_dataset("blockSize", data=np.array([CELL_BLOCK, CELL_BLOCK, x_blocks, y_blocks], dtype=np.uint32))
+
+
+def _write_gene_major(grp, spool: GeneMajorSpool, names: np.ndarray):
+    """``geneExp`` from the spool, then ``gene``; returns both datasets and the per-gene expression totals
+    and cell counts."""
+    G = len(names)
+    offsets, major = spool.finish()
+    gexp_ds = grp.create_dataset("geneExp", shape=(spool.total,), dtype=_GENE_EXP_DTYPE,
+                                 chunks=(min(spool.total, 1 << 16),) if spool.total else None,
+                                 compression="gzip" if spool.total else None)
+    genes = np.zeros(G, dtype=_CB_GENE_DTYPE)
+    genes["geneName"] = np.char.encode(names.astype(str))
+    genes["offset"] = offsets[:-1]
+    genes["cellCount"] = np.diff(offsets)
+    exp_total = np.zeros(G, dtype=np.int64)
+    max_mid = np.zeros(G, dtype=np.int64)
+    for g0, g1 in gene_groups(offsets, SLICE):
+        part = np.asarray(major[offsets[g0]:offsets[g1]])
+        gexp_ds[offsets[g0]:offsets[g1]] = part
+        owner = np.repeat(np.arange(g1 - g0), np.diff(offsets[g0:g1 + 1]))
+        exp_total[g0:g1] = np.bincount(owner, weights=part["count"], minlength=g1 - g0)
+        if len(part):
+            np.maximum.at(max_mid[g0:g1], owner, part["count"].astype(np.int64))
+    genes["expCount"], genes["maxMIDcount"] = exp_total, max_mid
+    gene_ds = grp.create_dataset("gene", data=genes)
+    del major
+    return gexp_ds, gene_ds, exp_total, np.diff(offsets)
+
+
+def _write_cellbin_attrs(f, sn: str, tables: _CellTables, gexp_ds, gene_ds, exp_total: np.ndarray,
+                         cell_count: np.ndarray) -> None:
+    """File attributes and the summary attributes of ``cell``, ``cellExp``, ``geneExp`` and ``gene``."""
+    _u32_attr(f, "version", CELLBIN_GEF_VERSION)
+    _u32_attr(f, "resolution", RESOLUTION_NM)
+    _i32_attr(f, "offsetX", 0)
+    _i32_attr(f, "offsetY", 0)
+    _u32_attr(f, "geftool_ver", GEFTOOL_VERSION)
+    _str_attr(f, "omics", "Transcriptomics")
+    _str_attr(f, "bin_type", "CellBin")
+    _str_attr(f, "sn", sn)
+    cell_ds = tables.cell
+    cells = cell_ds[:]  # n_cells x 28 bytes: the summary attributes need whole columns
+    for field, label in (("geneCount", "GeneCount"), ("expCount", "ExpCount"), ("dnbCount", "DnbCount"),
+                         ("area", "Area")):
+        col = cells[field]
+        _f32_attr(cell_ds, f"average{label}", float(col.mean()))
+        _f32_attr(cell_ds, f"median{label}", float(np.median(col)))
+        cell_ds.attrs.create(f"min{label}", np.array([col.min()], dtype=np.uint16))
+        cell_ds.attrs.create(f"max{label}", np.array([col.max()], dtype=np.uint16))
+    for field in ("x", "y"):
+        _i32_attr(cell_ds, f"min{field.upper()}", int(cells[field].min()))
+        _i32_attr(cell_ds, f"max{field.upper()}", int(cells[field].max()))
+    tables.exp.attrs.create("maxCount", np.array([tables.max_count], dtype=np.uint16))
+    gexp_ds.attrs.create("maxCount", np.array([tables.max_count], dtype=np.uint16))
+    for name, values in (("ExpCount", exp_total), ("CellCount", cell_count)):
+        _u32_attr(gene_ds, f"min{name}", int(values.min()))
+        _u32_attr(gene_ds, f"max{name}", int(values.max()))
 
 
 def write_cellbin_gef(slice_, path: str | Path, *, sn: str = "SYNTHETIC") -> dict[str, Any]:
@@ -471,125 +528,19 @@ def write_cellbin_gef(slice_, path: str | Path, *, sn: str = "SYNTHETIC") -> dic
         raise ValueError(f"write_cellbin_gef needs the 'cells' layout, got {slice_.layout!r}")
     t0 = time.perf_counter()
     geo = slice_.geometry
-    G, N = slice_.n_genes, slice_.n_obs
-    names = slice_.var.index.to_numpy(str)
-    blocks = _CellBlocks(slice_)
-    band_um = CELL_BLOCK * DNB_PITCH_UM
+    N = slice_.n_obs
     y_max_um = geo.y0 + (geo.n_rows - 1) * geo.step_y + geo.jitter
-    n_bands = int(math.floor(y_max_um / band_um)) + 1
-    block_counts: dict[int, int] = {}
-    x_max = 0
+    n_bands = int(math.floor(y_max_um / (CELL_BLOCK * DNB_PITCH_UM))) + 1
     with tempfile.TemporaryDirectory(dir=Path(path).parent) as tmp, h5py.File(path, "w") as f:
-        spool = GeneMajorSpool(Path(tmp), G, _GENE_EXP_DTYPE, "geneExp")
+        spool = GeneMajorSpool(Path(tmp), slice_.n_genes, _GENE_EXP_DTYPE, "geneExp", SLICE)
         grp = f.create_group("cellBin")
-        cell_ds = grp.create_dataset("cell", shape=(0,), maxshape=(None,), dtype=_CELL_DTYPE, chunks=(1 << 14,))
-        exp_ds = grp.create_dataset("cellExp", shape=(0,), maxshape=(None,), dtype=_CELL_EXP_DTYPE,
-                                    chunks=(1 << 16,), compression="gzip", compression_opts=4)
-        border_ds = grp.create_dataset("cellBorder", shape=(N, 32, 2), dtype=np.int16,
-                                       chunks=(min(N, 1 << 12), 32, 2))
-        n_cells = 0
-        n_exp = 0
-        max_count = 0
-        for band in range(n_bands):
-            # lattice rows whose jittered centres can fall in this band (plus one row of margin)
-            r_lo = max(0, int(math.floor((band * band_um - geo.jitter - geo.y0) / geo.step_y)) - 1)
-            r_hi = min(geo.n_rows - 1, int(math.ceil(((band + 1) * band_um + geo.jitter - geo.y0) / geo.step_y)) + 1)
-            start, stop = r_lo * geo.n_cols, min(N, (r_hi + 1) * geo.n_cols)
-            if start >= stop:
-                continue
-            rows = blocks.rows(start, stop)
-            gx = np.floor(rows["cx"]).astype(np.int64)
-            gy = np.floor(rows["cy"]).astype(np.int64)
-            sel = np.flatnonzero(gy // CELL_BLOCK == band)
-            if sel.size == 0:
-                continue
-            sel = sel[np.argsort(gx[sel] // CELL_BLOCK, kind="stable")]
-            batch = rows["batch"]
-            counts = batch.counts[sel]
-            k = len(sel)
-            ids = np.arange(n_cells, n_cells + k, dtype=np.int64)
-            gene_count = np.diff(counts.indptr)
-            exp_count = np.asarray(counts.sum(axis=1)).ravel()
-            too_big = [name for name, v in (("expCount", exp_count), ("area", rows["area"][sel]),
-                                            ("dnbCount", rows["dnb"][sel])) if v.max() > _U16_MAX]
-            if too_big or (counts.data.size and counts.data.max() > _U16_MAX):
-                raise ValueError(f"cell-bin GEF stores {too_big or ['count']} as uint16; a cell exceeds 65535")
-            cell = np.zeros(k, dtype=_CELL_DTYPE)
-            cell["id"], cell["x"], cell["y"] = ids, gx[sel], gy[sel]
-            cell["offset"] = n_exp + counts.indptr[:-1]
-            cell["geneCount"], cell["expCount"] = gene_count, exp_count
-            cell["dnbCount"], cell["area"] = rows["dnb"][sel], rows["area"][sel]
-            cell["cellTypeID"], cell["clusterID"] = batch.cell_type[sel], batch.domain[sel]
-            _append(cell_ds, cell)
-            cexp = np.zeros(counts.nnz, dtype=_CELL_EXP_DTYPE)
-            cexp["geneID"], cexp["count"] = counts.indices, counts.data
-            _append(exp_ds, cexp)
-            border_ds[n_cells:n_cells + k] = rows["border"][sel]
-            gexp = np.zeros(counts.nnz, dtype=_GENE_EXP_DTYPE)
-            gexp["cellID"] = np.repeat(ids, gene_count)
-            gexp["count"] = counts.data
-            spool.append(counts.indices.astype(np.int64), gexp)
-            for blk_x, c in zip(*np.unique(gx[sel] // CELL_BLOCK, return_counts=True)):
-                block_counts[(band, int(blk_x))] = int(c)
-            x_max = max(x_max, int(gx[sel].max()))
-            max_count = max(max_count, int(counts.data.max()) if counts.nnz else 0)
-            n_cells += k
-            n_exp += counts.nnz
-        if n_cells != N:
-            raise RuntimeError(f"cell-bin GEF placed {n_cells} of {N} cells")  # band bounds are wrong
-        x_blocks, y_blocks = x_max // CELL_BLOCK + 1, n_bands
-        per_block = np.zeros(x_blocks * y_blocks, dtype=np.int64)
-        for (by, bx), c in block_counts.items():
-            per_block[by * x_blocks + bx] = c
-        block_index = np.zeros(len(per_block) + 1, dtype=np.uint32)
-        np.cumsum(per_block, out=block_index[1:], dtype=np.uint32)
-        grp.create_dataset("blockIndex", data=block_index)
-        grp.create_dataset("blockSize", data=np.array([CELL_BLOCK, CELL_BLOCK, x_blocks, y_blocks], dtype=np.uint32))
+        tables = _CellTables(grp, N, spool)
+        for band, rows, gx, gy, sel in _cells_by_band(slice_, n_bands):
+            tables.add_band(band, rows, gx, gy, sel)
+        if tables.n_cells != N:
+            raise RuntimeError(f"cell-bin GEF placed {tables.n_cells} of {N} cells")  # band bounds are wrong
+        tables.write_block_index(grp, n_bands)
         grp.create_dataset("cellTypeList", data=np.array([t.encode() for t in slice_.cell_type_names], dtype="S32"))
-
-        offsets, major = spool.finish()
-        gexp_ds = grp.create_dataset("geneExp", shape=(spool.total,), dtype=_GENE_EXP_DTYPE,
-                                     chunks=(min(spool.total, 1 << 16),) if spool.total else None,
-                                     compression="gzip" if spool.total else None)
-        genes = np.zeros(G, dtype=_CB_GENE_DTYPE)
-        genes["geneName"] = np.char.encode(names.astype(str))
-        genes["offset"] = offsets[:-1]
-        genes["cellCount"] = np.diff(offsets)
-        exp_total = np.zeros(G, dtype=np.int64)
-        max_mid = np.zeros(G, dtype=np.int64)
-        for g0, g1 in _gene_groups(offsets):
-            part = np.asarray(major[offsets[g0]:offsets[g1]])
-            gexp_ds[offsets[g0]:offsets[g1]] = part
-            owner = np.repeat(np.arange(g1 - g0), np.diff(offsets[g0:g1 + 1]))
-            exp_total[g0:g1] = np.bincount(owner, weights=part["count"], minlength=g1 - g0)
-            if len(part):
-                np.maximum.at(max_mid[g0:g1], owner, part["count"].astype(np.int64))
-        genes["expCount"], genes["maxMIDcount"] = exp_total, max_mid
-        gene_ds = grp.create_dataset("gene", data=genes)
-        del major
-
-        _u32_attr(f, "version", CELLBIN_GEF_VERSION)
-        _u32_attr(f, "resolution", RESOLUTION_NM)
-        _i32_attr(f, "offsetX", 0)
-        _i32_attr(f, "offsetY", 0)
-        _u32_attr(f, "geftool_ver", GEFTOOL_VERSION)
-        _str_attr(f, "omics", "Transcriptomics")
-        _str_attr(f, "bin_type", "CellBin")
-        _str_attr(f, "sn", sn)
-        cells = cell_ds[:]  # n_cells x 28 bytes: the summary attributes need whole columns
-        for field, label in (("geneCount", "GeneCount"), ("expCount", "ExpCount"), ("dnbCount", "DnbCount"),
-                             ("area", "Area")):
-            col = cells[field]
-            _f32_attr(cell_ds, f"average{label}", float(col.mean()))
-            _f32_attr(cell_ds, f"median{label}", float(np.median(col)))
-            cell_ds.attrs.create(f"min{label}", np.array([col.min()], dtype=np.uint16))
-            cell_ds.attrs.create(f"max{label}", np.array([col.max()], dtype=np.uint16))
-        for field in ("x", "y"):
-            _i32_attr(cell_ds, f"min{field.upper()}", int(cells[field].min()))
-            _i32_attr(cell_ds, f"max{field.upper()}", int(cells[field].max()))
-        exp_ds.attrs.create("maxCount", np.array([max_count], dtype=np.uint16))
-        gexp_ds.attrs.create("maxCount", np.array([max_count], dtype=np.uint16))
-        for name, values in (("ExpCount", exp_total), ("CellCount", np.diff(offsets))):
-            _u32_attr(gene_ds, f"min{name}", int(values.min()))
-            _u32_attr(gene_ds, f"max{name}", int(values.max()))
-    return dict(path=str(path), n_cells=n_cells, seconds=time.perf_counter() - t0)
+        gexp_ds, gene_ds, exp_total, cell_count = _write_gene_major(grp, spool, slice_.var.index.to_numpy(str))
+        _write_cellbin_attrs(f, sn, tables, gexp_ds, gene_ds, exp_total, cell_count)
+    return dict(path=str(path), n_cells=tables.n_cells, seconds=time.perf_counter() - t0)

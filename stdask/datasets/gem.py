@@ -24,7 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from .dnb import DnbRecords, place_cells, split_bins
+from ..io.gem import GEM_ALIASES
+from .dnb import DnbRecords, iter_dnb_records, split_bins
+from .synthetic import synthetic_slice
 from .textfmt import ByteSink, StringTable, format_rows
 
 
@@ -41,21 +43,6 @@ def gem_header(columns: list[str], chip: str = "SYNTHETIC") -> bytes:
         "\t".join(columns),
     ]
     return ("\n".join(lines) + "\n").encode()
-
-
-def iter_dnb_records(slice_, exon: bool = False):
-    """DNB records of a ``"stereo"`` or ``"cells"`` slice, one random block at a time.
-
-    Yields
-    ------
-    (block, batch, records)
-        Block index, its :class:`~stdask.datasets.synthetic.ObsBatch` and :class:`~stdask.datasets.dnb.DnbRecords`.
-    """
-    if slice_.layout not in ("stereo", "cells"):
-        raise ValueError(f"DNB-level records exist for the 'stereo' and 'cells' layouts, not {slice_.layout!r}")
-    place = split_bins if slice_.layout == "stereo" else place_cells
-    for block, batch in enumerate(slice_.iter_batches(slice_.block_size)):
-        yield block, batch, place(slice_, batch, block, exon=exon)
 
 
 def write_gem(
@@ -112,11 +99,12 @@ def write_gem(
     var = slice_.var
     if gene_name_column:
         table = StringTable.from_strings([f"{gid}\t{sym}" for gid, sym in zip(var["gene_ids"], var.index)])
-        columns = ["geneID", "geneName"]
+        roles = ["gene", "name"]
     else:
         table = StringTable.from_strings(list(var.index))
-        columns = ["geneID"]
-    columns += ["x", "y", "MIDCount"] + (["ExonCount"] if exon else []) + (["CellID"] if cell_bin else [])
+        roles = ["gene"]
+    roles += ["x", "y", "count"] + (["exon"] if exon else []) + (["cell"] if cell_bin else [])
+    columns = [GEM_ALIASES[role][0] for role in roles]  # the reader's preferred spellings
     n_records = 0
     n_obs = 0
     with ByteSink(path, compresslevel=compresslevel) as sink:
@@ -180,8 +168,6 @@ def write_bin1_gem(
         As :func:`write_gem`, plus ``n_obs`` (bins of the slice), ``n_genes``, ``seed``, ``bin_size`` and
         ``records_per_second``.
     """
-    from .synthetic import synthetic_slice
-
     if isinstance(n_records, bool) or not isinstance(n_records, (int, np.integer)) or n_records < 1:
         raise ValueError(f"n_records must be a positive integer, got {n_records!r}")
     kwargs = dict(n_genes=n_genes, layout="stereo", seed=seed, bin_size=bin_size, **slice_kwargs)

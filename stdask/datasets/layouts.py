@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import random_streams as rs
+from ..random_streams import sequence_stream
+from .purposes import JITTER
 
 LAYOUTS = ("visium", "stereo", "cells")
 
@@ -146,7 +147,7 @@ class Geometry:
             for b in range(start // block_size, (stop - 1) // block_size + 1):
                 b0 = b * block_size
                 n_b = min(block_size, self.n_obs - b0)
-                jit = rs.stream(seed, rs.JITTER, b).uniform(-self.jitter, self.jitter, size=(n_b, 2))
+                jit = sequence_stream(seed, JITTER, b).uniform(-self.jitter, self.jitter, size=(n_b, 2))
                 lo, hi = max(start, b0), min(stop, b0 + n_b)
                 x[lo - start:hi - start] += jit[lo - b0:hi - b0, 0]
                 y[lo - start:hi - start] += jit[lo - b0:hi - b0, 1]
@@ -176,3 +177,35 @@ class Geometry:
         nb = nb_row * self.n_cols + nb_col
         ok = (nb_row >= 0) & (nb_col >= 0) & (nb_col < self.n_cols) & (nb < self.n_obs) & (nb >= 0)
         return np.where(ok, nb, -1)
+
+
+def barcodes_10x(index: np.ndarray, suffix: str = "-1") -> np.ndarray:
+    """10x-style 16-nt barcodes, unique per index (the observation names of the Visium and cells layouts).
+
+    The index goes through a bijection of ``[0, 2**32)`` (xor-shift / odd-multiply mixing) and is then
+    written as 16 bases (2 bits each), so barcodes look random yet never collide.
+
+    Parameters
+    ----------
+    index
+        (n,) non-negative integers below ``2**32``.
+    suffix
+        Appended to each barcode (10x writes the GEM well, ``-1``).
+
+    Returns
+    -------
+    numpy.ndarray
+        (n,) object array of ``str``.
+    """
+    mask = np.uint64(0xFFFFFFFF)
+    # the offset keeps index 0 away from the all-A barcode; every step is a bijection of [0, 2**32)
+    h = (np.asarray(index, dtype=np.uint64) + np.uint64(0x9E3779B9)) & mask
+    for mult in (0x7FEB352D, 0x846CA68B):
+        h ^= h >> np.uint64(16)
+        h = (h * np.uint64(mult)) & mask
+    h ^= h >> np.uint64(16)
+    shifts = np.arange(30, -1, -2, dtype=np.uint64)
+    digits = ((h[:, None] >> shifts[None, :]) & np.uint64(3)).astype(np.uint8)
+    letters = np.frombuffer(b"ACGT", dtype=np.uint8)[digits]
+    codes = np.ascontiguousarray(letters).view("S16").ravel()
+    return np.char.add(codes.astype("U16"), suffix).astype(object)

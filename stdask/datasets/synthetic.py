@@ -2,9 +2,9 @@
 
 :func:`synthetic_slice` describes a slice (a few kB of parameters); its observations are generated on
 demand, block by block, so a slice of 10^7 observations streams in bounded memory. Each block of
-``block_size`` observations draws all its randomness from its own counter-based stream keyed by
-``(seed, block)`` (:mod:`stdask.datasets.random_streams`), so the same arguments give bit-identical
-data whatever chunk size the caller reads with.
+``block_size`` observations draws all its randomness from its own streams keyed by
+``(seed, purpose, block)`` (:mod:`stdask.random_streams`, :mod:`.purposes`), so the same arguments give
+bit-identical data whatever chunk size the caller reads with.
 
 Model
 -----
@@ -35,7 +35,8 @@ Model
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
+from operator import attrgetter
 from typing import Any, Iterator
 
 import numpy as np
@@ -43,11 +44,13 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.optimize import brentq
 
-from ..data import lr_db_path
-from . import random_streams as rs
-from .layouts import LAYOUTS, VISIUM_SPOT_UM, Geometry
+from ..random_streams import sequence_key, sequence_stream
+from .counts import nb_counts
+from .batch import ObsBatch
+from .layouts import VISIUM_SPOT_UM, Geometry, barcodes_10x
+from .params import SyntheticParams, SyntheticTruth, read_lr_pairs
+from .purposes import COUNTS, OBS, PARAMS
 
-DOMAIN_SHAPES = ("layers", "regions")
 #: hotspot up-regulation: mu -> HOTSPOT_FOLD * mu + HOTSPOT_BOOST * library_size
 HOTSPOT_FOLD = 6.0
 HOTSPOT_BOOST = 3.0
@@ -65,152 +68,6 @@ def _block_size(n_genes: int) -> int:
     Depends only on ``n_genes`` (part of the data's definition), never on how data are read.
     """
     return int(min(8192, max(64, 2 ** 20 // max(1, n_genes))))
-
-
-@dataclass(frozen=True)
-class SyntheticParams:
-    """Arguments of :func:`synthetic_slice` (see there)."""
-
-    n_obs: int = 10_000
-    n_genes: int = 2_000
-    layout: str = "visium"
-    seed: int = 0
-    n_domains: int = 5
-    domain_shape: str = "layers"
-    n_cell_types: int = 6
-    n_hotspots: int = 4
-    lr_fraction: float = 0.5
-    bin_size: int = 50
-    zero_fraction: float = 0.9
-    n_markers: int = 10
-    lr_db: str = "connectomeDB2020_lit"
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the first bad argument."""
-        def integer(name: str, lo: int) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-                raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
-
-        integer("n_obs", 1)
-        integer("n_genes", 1)
-        integer("seed", 0)
-        integer("n_domains", 1)
-        integer("n_cell_types", 1)
-        integer("n_hotspots", 0)
-        integer("bin_size", 1)
-        integer("n_markers", 0)
-        if self.n_obs >= 2 ** 32:
-            raise ValueError(f"n_obs must be below 2**32, got {self.n_obs}")
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"unknown layout {self.layout!r}; choose one of {', '.join(LAYOUTS)}")
-        if self.domain_shape not in DOMAIN_SHAPES:
-            raise ValueError(f"unknown domain_shape {self.domain_shape!r}; choose one of {', '.join(DOMAIN_SHAPES)}")
-        if not 0.0 <= float(self.lr_fraction) <= 1.0:
-            raise ValueError(f"lr_fraction must lie in [0, 1], got {self.lr_fraction!r}")
-        if not 0.0 < float(self.zero_fraction) < 1.0:
-            raise ValueError(f"zero_fraction must lie in (0, 1), got {self.zero_fraction!r}")
-
-
-@dataclass
-class SyntheticTruth:
-    """What was planted in a synthetic slice.
-
-    Attributes
-    ----------
-    lr_pairs
-        One row per hotspot: ``name`` (``"<ligand>_<receptor>"``, stLearn's pair naming), ``ligand``,
-        ``receptor``, ``x``, ``y`` (disc centre) and ``radius``, in the slice's coordinate units.
-    domain_markers
-        Domain name -> its marker genes (up-regulated in that domain).
-    cell_type_markers
-        Cell-type name -> its marker genes (up-regulated in that type).
-    composition
-        (n_domains, n_cell_types) probabilities of each cell type in each domain.
-    scale
-        Calibrated expression scale (mean count of a unit gene at unit library size).
-    """
-
-    lr_pairs: pd.DataFrame
-    domain_markers: dict[str, list[str]]
-    cell_type_markers: dict[str, list[str]]
-    composition: pd.DataFrame
-    scale: float
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able and AnnData-``uns``-able form (lists of str / float, nested dicts)."""
-        return {
-            "lr_pairs": {c: self.lr_pairs[c].tolist() for c in self.lr_pairs.columns},
-            "domain_markers": {k: list(v) for k, v in self.domain_markers.items()},
-            "cell_type_markers": {k: list(v) for k, v in self.cell_type_markers.items()},
-            "composition": {
-                "domains": list(self.composition.index),
-                "cell_types": list(self.composition.columns),
-                "values": self.composition.to_numpy().tolist(),
-            },
-            "scale": float(self.scale),
-        }
-
-
-@dataclass
-class ObsBatch:
-    """A contiguous range of observations, as arrays (what writers consume).
-
-    Attributes
-    ----------
-    start
-        Index of the first observation.
-    x, y
-        (n,) float64 coordinates, slice units (``um`` or ``DNB``).
-    domain, cell_type
-        (n,) int16 codes into :attr:`SyntheticSlice.domain_names` / :attr:`SyntheticSlice.cell_type_names`.
-    hotspot
-        (n,) int16 hotspot index, -1 outside every hotspot disc.
-    role
-        (n,) int8 0 = none, 1 = ligand-up, 2 = receptor-up.
-    counts
-        (n, n_genes) CSR uint32 counts (sorted indices).
-    """
-
-    start: int
-    x: np.ndarray
-    y: np.ndarray
-    domain: np.ndarray
-    cell_type: np.ndarray
-    hotspot: np.ndarray
-    role: np.ndarray
-    counts: sp.csr_matrix
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    @property
-    def index(self) -> np.ndarray:
-        """(n,) int64 observation indices."""
-        return np.arange(self.start, self.start + len(self), dtype=np.int64)
-
-    def take(self, lo: int, hi: int) -> "ObsBatch":
-        """Rows ``lo .. hi-1`` of this batch (positions relative to the batch)."""
-        return ObsBatch(self.start + lo, self.x[lo:hi], self.y[lo:hi], self.domain[lo:hi], self.cell_type[lo:hi],
-                        self.hotspot[lo:hi], self.role[lo:hi], self.counts[lo:hi])
-
-    @staticmethod
-    def concat(batches: list["ObsBatch"]) -> "ObsBatch":
-        """Concatenation of consecutive batches."""
-        if len(batches) == 1:
-            return batches[0]
-        cat = np.concatenate
-        return ObsBatch(batches[0].start, cat([b.x for b in batches]), cat([b.y for b in batches]),
-                        cat([b.domain for b in batches]), cat([b.cell_type for b in batches]),
-                        cat([b.hotspot for b in batches]), cat([b.role for b in batches]),
-                        sp.vstack([b.counts for b in batches], format="csr"))
-
-
-def read_lr_pairs(name: str = "connectomeDB2020_lit") -> pd.DataFrame:
-    """The packaged ligand-receptor table as a DataFrame with columns ``ligand``, ``receptor`` (file order)."""
-    table = pd.read_csv(lr_db_path(name), sep="\t", dtype=str)
-    table.columns = ["ligand", "receptor"]
-    return table
 
 
 class SyntheticSlice:
@@ -245,33 +102,16 @@ class SyntheticSlice:
         self.domain_names = [f"domain_{d}" for d in range(params.n_domains)]
         self.cell_type_names = [f"celltype_{t}" for t in range(params.n_cell_types)]
         self._cache: dict[int, ObsBatch] = {}
-        self._build_model(rs.stream(params.seed, rs.PARAMS))
+        self._build_model(sequence_stream(params.seed, PARAMS))
 
     # ------------------------------------------------------------------ description
-    @property
-    def n_obs(self) -> int:
-        """Number of observations."""
-        return self.params.n_obs
-
-    @property
-    def n_genes(self) -> int:
-        """Number of genes."""
-        return self.params.n_genes
-
-    @property
-    def layout(self) -> str:
-        """``"visium"``, ``"stereo"`` or ``"cells"``."""
-        return self.params.layout
-
-    @property
-    def units(self) -> str:
-        """Coordinate unit: ``"um"`` (Visium, cells) or ``"DNB"`` (Stereo-seq, 500 nm)."""
-        return self.geometry.unit
-
-    @property
-    def um_per_unit(self) -> float:
-        """Micrometres per coordinate unit."""
-        return self.geometry.um_per_unit
+    # read-only views of the parameters and the lattice
+    n_obs = property(attrgetter("params.n_obs"), doc="Number of observations (int).")
+    n_genes = property(attrgetter("params.n_genes"), doc="Number of genes (int).")
+    layout = property(attrgetter("params.layout"), doc='``"visium"``, ``"stereo"`` or ``"cells"``.')
+    units = property(attrgetter("geometry.unit"),
+                     doc='Coordinate unit: ``"um"`` (Visium, cells) or ``"DNB"`` (Stereo-seq, 500 nm).')
+    um_per_unit = property(attrgetter("geometry.um_per_unit"), doc="Micrometres per coordinate unit (float).")
 
     @property
     def spot_diameter(self) -> float:
@@ -294,10 +134,29 @@ class SyntheticSlice:
 
     # ------------------------------------------------------------------ global model
     def _build_model(self, rng: np.random.Generator) -> None:
-        p = self.params
-        G, D, T = p.n_genes, p.n_domains, p.n_cell_types
+        """Draw the global model from ``rng``, step by step.
 
-        # --- genes: hotspot pairs first (disjoint genes, no self pairs), then other LR symbols, then synthetic
+        The steps draw from the one stream in this order; changing the order changes every slice.
+        """
+        hot_pairs, lr_genes, syn_genes = self._draw_genes(rng)
+        gene_pos = {g: i for i, g in enumerate(self.var.index)}
+        hot_genes = [g for pair in hot_pairs for g in pair]
+        marker_idx = self._draw_expression(rng, gene_pos, hot_genes, lr_genes, syn_genes)
+        comp = self._draw_composition(rng)
+        self._draw_domains(rng)
+        # --- smooth library-size trend
+        self._size_field = dict(freq=rng.uniform(0.5, 1.5, 2), phase=rng.uniform(0, 1, 2))
+        self._size_sigma = 0.4
+        self._place_hotspots(rng, hot_pairs, gene_pos)
+        # --- calibrate the scale to the requested zero fraction
+        self._scale = self._calibrate(comp)
+        self.truth = self._planted_truth(hot_pairs, marker_idx, comp)
+
+    def _draw_genes(self, rng: np.random.Generator) -> tuple[list[tuple[str, str]], list[str], list[str]]:
+        """Gene panel: hotspot pairs first (disjoint genes, no self pairs), then other LR symbols, then
+        synthetic names, shuffled; sets :attr:`var`. Returns (hotspot pairs, LR genes, synthetic genes)."""
+        p = self.params
+        G = p.n_genes
         pairs = read_lr_pairs(p.lr_db)
         db_genes = np.array(sorted(set(pairs["ligand"]) | set(pairs["receptor"])), dtype=object)
         n_lr = min(int(round(p.lr_fraction * G)), len(db_genes))
@@ -305,20 +164,8 @@ class SyntheticSlice:
             raise ValueError(
                 f"n_hotspots={p.n_hotspots} needs at least {2 * p.n_hotspots} ligand-receptor genes, but "
                 f"lr_fraction={p.lr_fraction} of n_genes={G} gives {n_lr}; raise lr_fraction or n_genes")
-        hot_pairs: list[tuple[str, str]] = []
-        used: set[str] = set()
-        ligands, receptors = pairs["ligand"].to_numpy(), pairs["receptor"].to_numpy()
-        for i in rng.permutation(len(pairs)):
-            if len(hot_pairs) == p.n_hotspots:
-                break
-            lig, rec = ligands[i], receptors[i]
-            if lig == rec or lig in used or rec in used:
-                continue
-            hot_pairs.append((lig, rec))
-            used |= {lig, rec}
-        if len(hot_pairs) < p.n_hotspots:
-            raise ValueError(f"the {p.lr_db} table holds only {len(hot_pairs)} gene-disjoint pairs; "
-                             f"n_hotspots={p.n_hotspots} is too many")
+        hot_pairs = self._hotspot_pairs(rng, pairs)
+        used = {g for pair in hot_pairs for g in pair}
         hot_genes = [g for pair in hot_pairs for g in pair]
         rest = np.array([g for g in db_genes if g not in used], dtype=object)
         lr_genes = hot_genes + list(rng.choice(rest, size=n_lr - len(hot_genes), replace=False))
@@ -336,23 +183,37 @@ class SyntheticSlice:
             },
             index=pd.Index(names.astype(str), name="gene"),
         )
-        gene_pos = {g: i for i, g in enumerate(self.var.index)}
+        return hot_pairs, lr_genes, syn_genes
 
+    def _hotspot_pairs(self, rng: np.random.Generator, pairs: pd.DataFrame) -> list[tuple[str, str]]:
+        """``n_hotspots`` pairs of the LR table in random order, skipping self pairs and shared genes."""
+        p = self.params
+        hot_pairs: list[tuple[str, str]] = []
+        used: set[str] = set()
+        ligands, receptors = pairs["ligand"].to_numpy(), pairs["receptor"].to_numpy()
+        for i in rng.permutation(len(pairs)):
+            if len(hot_pairs) == p.n_hotspots:
+                break
+            lig, rec = ligands[i], receptors[i]
+            if lig == rec or lig in used or rec in used:
+                continue
+            hot_pairs.append((lig, rec))
+            used |= {lig, rec}
+        if len(hot_pairs) < p.n_hotspots:
+            raise ValueError(f"the {p.lr_db} table holds only {len(hot_pairs)} gene-disjoint pairs; "
+                             f"n_hotspots={p.n_hotspots} is too many")
+        return hot_pairs
+
+    def _draw_expression(self, rng: np.random.Generator, gene_pos: dict[str, int], hot_genes: list[str],
+                         lr_genes: list[str], syn_genes: list[str]) -> np.ndarray:
+        """Per-gene base expression, dispersion, markers and domain / type effects; sets :attr:`theta`
+        and the (D, T, G) relative means. Returns the (D + T, n_markers) marker gene indices."""
+        p = self.params
+        G, D, T = p.n_genes, p.n_domains, p.n_cell_types
         # --- per-gene base expression (relative) and inverse dispersion
         log_m = rng.normal(0.0, 1.5, G)
         self.theta = np.exp(rng.normal(math.log(2.0), 0.6, G))
-
-        # --- markers: synthetic genes first (keeps the LR signal clean), then non-hotspot LR genes
-        n_needed = p.n_markers * (D + T)
-        pool = [gene_pos[g] for g in syn_genes] + [gene_pos[g] for g in lr_genes[len(hot_genes):]]
-        if n_needed > len(pool):
-            raise ValueError(
-                f"n_genes={G} is too small for {p.n_markers} markers per domain and cell type "
-                f"({n_needed} marker genes besides the {len(hot_genes)} hotspot genes); lower n_markers")
-        syn_idx = rng.permutation(np.array(pool[:n_syn], dtype=np.int64))
-        lr_idx = rng.permutation(np.array(pool[n_syn:], dtype=np.int64))
-        marker_idx = np.concatenate([syn_idx, lr_idx])[:n_needed].reshape(D + T, p.n_markers) if n_needed else \
-            np.zeros((D + T, 0), dtype=np.int64)
+        marker_idx = self._draw_markers(rng, gene_pos, hot_genes, lr_genes, syn_genes)
         # markers are moderately to highly expressed genes, as markers found in real data are
         hi = np.quantile(log_m, 0.6)
         flat = marker_idx.ravel()
@@ -377,18 +238,44 @@ class SyntheticSlice:
         # (D, T, G) relative means of every domain x cell-type combination
         self._base = np.exp(log_m[None, None, :] + dom_lf[:, None, :] + typ_lf[None, :, :])
         self._base2d = self._base.reshape(D * T, G)
+        return marker_idx
 
-        # --- cell-type composition per domain: random, with one favoured type per domain
+    def _draw_markers(self, rng: np.random.Generator, gene_pos: dict[str, int], hot_genes: list[str],
+                      lr_genes: list[str], syn_genes: list[str]) -> np.ndarray:
+        """(D + T, n_markers) marker genes: synthetic genes first (keeps the LR signal clean), then
+        non-hotspot LR genes."""
+        p = self.params
+        D, T = p.n_domains, p.n_cell_types
+        n_needed = p.n_markers * (D + T)
+        pool = [gene_pos[g] for g in syn_genes] + [gene_pos[g] for g in lr_genes[len(hot_genes):]]
+        if n_needed > len(pool):
+            raise ValueError(
+                f"n_genes={p.n_genes} is too small for {p.n_markers} markers per domain and cell type "
+                f"({n_needed} marker genes besides the {len(hot_genes)} hotspot genes); lower n_markers")
+        n_syn = len(syn_genes)
+        syn_idx = rng.permutation(np.array(pool[:n_syn], dtype=np.int64))
+        lr_idx = rng.permutation(np.array(pool[n_syn:], dtype=np.int64))
+        if not n_needed:
+            return np.zeros((D + T, 0), dtype=np.int64)
+        return np.concatenate([syn_idx, lr_idx])[:n_needed].reshape(D + T, p.n_markers)
+
+    def _draw_composition(self, rng: np.random.Generator) -> np.ndarray:
+        """(D, T) cell-type composition per domain: random, with one favoured type per domain."""
+        D, T = self.params.n_domains, self.params.n_cell_types
         comp = rng.dirichlet(np.full(T, 0.8), size=D)
         comp[np.arange(D), np.arange(D) % T] += 1.0
         comp /= comp.sum(axis=1, keepdims=True)
         self._comp_cum = np.cumsum(comp, axis=1)
+        return comp
 
-        # --- domain geometry (normalised coordinates u = (x - x0) / L, v = (y - y0) / L)
+    def _draw_domains(self, rng: np.random.Generator) -> None:
+        """Domain geometry in normalised coordinates u = (x - x0) / L, v = (y - y0) / L: warped layer
+        edges, or labelled Voronoi seeds."""
+        D = self.params.n_domains
         geo = self.geometry
         w_n, h_n = geo.width / geo.extent, geo.height / geo.extent
         self._w_n, self._h_n = w_n, h_n
-        if p.domain_shape == "layers":
+        if self.params.domain_shape == "layers":
             widths = rng.dirichlet(np.full(D, 6.0))
             self._layer_edges = np.cumsum(widths)[:-1] * h_n
             self._warp = dict(
@@ -403,12 +290,11 @@ class SyntheticSlice:
             self._warp = dict(amp=rng.uniform(0.03, 0.06, 2), freq=rng.uniform(1.0, 2.5, 2),
                               phase=rng.uniform(0, 1, 2))
 
-        # --- smooth library-size trend
-        self._size_field = dict(freq=rng.uniform(0.5, 1.5, 2), phase=rng.uniform(0, 1, 2))
-        self._size_sigma = 0.4
-
-        # --- hotspot discs (normalised units), kept apart where possible
+    def _place_hotspots(self, rng: np.random.Generator, hot_pairs: list[tuple[str, str]],
+                        gene_pos: dict[str, int]) -> None:
+        """Hotspot discs (normalised units), kept apart where possible; sets their names and genes."""
         radius = HOTSPOT_RADIUS
+        w_n, h_n = self._w_n, self._h_n
         centres: list[tuple[float, float]] = []
         for _ in range(len(hot_pairs)):
             best = None
@@ -420,6 +306,7 @@ class SyntheticSlice:
                 if gap > 2.5 * radius:
                     break
             centres.append(best[1])
+        geo = self.geometry
         L = geo.extent
         self._hot = [
             dict(lig=gene_pos[lig], rec=gene_pos[rec], cx=geo.x0 + c[0] * L, cy=geo.y0 + c[1] * L, r=radius * L)
@@ -427,9 +314,10 @@ class SyntheticSlice:
         ]
         self.hotspot_names = [f"{lig}_{rec}" for lig, rec in hot_pairs]
 
-        # --- calibrate the scale to the requested zero fraction
-        self._scale = self._calibrate(comp)
-
+    def _planted_truth(self, hot_pairs: list[tuple[str, str]], marker_idx: np.ndarray,
+                       comp: np.ndarray) -> SyntheticTruth:
+        """The :class:`SyntheticTruth` of the drawn model."""
+        D, T = self.params.n_domains, self.params.n_cell_types
         lr_table = pd.DataFrame(
             {
                 "name": self.hotspot_names,
@@ -441,7 +329,7 @@ class SyntheticSlice:
             }
         )
         genes = self.var.index
-        self.truth = SyntheticTruth(
+        return SyntheticTruth(
             lr_pairs=lr_table,
             domain_markers={self.domain_names[d]: list(genes[marker_idx[d]]) for d in range(D)},
             cell_type_markers={self.cell_type_names[t]: list(genes[marker_idx[D + t]]) for t in range(T)},
@@ -504,7 +392,7 @@ class SyntheticSlice:
         x, y = self.geometry.xy(start, stop, p.seed, self.block_size)
         domain = self._domain_of(x, y)
 
-        rng = rs.stream(p.seed, rs.OBS, b)
+        rng = sequence_stream(p.seed, OBS, b)
         type_u = rng.random(n)
         z = rng.standard_normal(n)
         role_u = rng.random(n)
@@ -525,7 +413,7 @@ class SyntheticSlice:
             hot_gene[(hotspot == h) & (role == 2)] = spot["rec"]
         combo = domain.astype(np.int64) * p.n_cell_types + cell_type
         # the kernel adds boost * (size * scale); dividing by scale makes the boost HOTSPOT_BOOST * size
-        counts = rs.nb_counts(rs.block_key(p.seed, rs.COUNTS, b), size * self._scale, combo, self._base2d,
+        counts = nb_counts(sequence_key(p.seed, COUNTS, b), size * self._scale, combo, self._base2d,
                               self.theta, hot_gene, HOTSPOT_FOLD, HOTSPOT_BOOST / self._scale)
         return ObsBatch(start, x, y, domain, cell_type, hotspot, role, counts)
 
@@ -614,7 +502,7 @@ class SyntheticSlice:
                 x, y = self.geometry.nominal_xy(index)
             xs, ys = pd.Series(x.astype(np.int64)).astype(str), pd.Series(y.astype(np.int64)).astype(str)
             return (xs + "_" + ys).to_numpy(object)
-        return rs.barcodes_10x(index)
+        return barcodes_10x(index)
 
     def to_anndata(self):
         """The whole slice as an in-memory :class:`anndata.AnnData` (use for sizes that fit in memory).
@@ -647,43 +535,6 @@ class SyntheticSlice:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
         return int(chunk_size)
-
-    # ------------------------------------------------------------------ writers (see the writer modules)
-    def write_gem(self, path, **kwargs):
-        """Stereo-seq GEM; see :func:`stdask.datasets.gem.write_gem`."""
-        from .gem import write_gem
-
-        return write_gem(self, path, **kwargs)
-
-    def write_mtx(self, directory, **kwargs):
-        """10x MTX directory + ``cell_locations.tsv``; see :func:`stdask.datasets.tenx.write_mtx`."""
-        from .tenx import write_mtx
-
-        return write_mtx(self, directory, **kwargs)
-
-    def write_visium(self, outs, **kwargs):
-        """Space Ranger ``outs/`` folder; see :func:`stdask.datasets.tenx.write_visium`."""
-        from .tenx import write_visium
-
-        return write_visium(self, outs, **kwargs)
-
-    def write_h5ad(self, path, **kwargs):
-        """AnnData ``.h5ad`` (stLearn or scanpy style); see :func:`stdask.datasets.h5ad.write_h5ad`."""
-        from .h5ad import write_h5ad
-
-        return write_h5ad(self, path, **kwargs)
-
-    def write_gef(self, path, **kwargs):
-        """Square-bin Stereo-seq GEF; see :func:`stdask.datasets.gef.write_gef`."""
-        from .gef import write_gef
-
-        return write_gef(self, path, **kwargs)
-
-    def write_cellbin_gef(self, path, **kwargs):
-        """Cell-bin Stereo-seq GEF; see :func:`stdask.datasets.gef.write_cellbin_gef`."""
-        from .gef import write_cellbin_gef
-
-        return write_cellbin_gef(self, path, **kwargs)
 
 
 def synthetic_slice(

@@ -16,10 +16,10 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from ..io.mtx import BARCODE_FILES, FEATURE_FILES, GEX, LOCATION_FILES, MATRIX_FILES, SEEKSPACE_PIXEL_SIZE
+from ..io.visium import POSITION_COLUMNS
 from .textfmt import ByteSink, format_rows
 
-#: SeekSpace pixel size used by the stLearn tutorial, micrometres per pixel
-SEEKSPACE_UM_PER_PIXEL = 0.265385
 #: full-resolution image pixel size of the synthetic Visium slide, micrometres per pixel
 VISIUM_UM_PER_PIXEL = 0.5
 
@@ -72,7 +72,7 @@ def write_mtx(
         One barcode a line, in matrix column order.
     ``cell_locations.tsv``
         Tab-separated, header ``barcode<TAB>x<TAB>y``, positions in pixels of
-        :data:`SEEKSPACE_UM_PER_PIXEL` um (``pixels = um / 0.265385``). ``extra_locations`` (a fraction of
+        :data:`stdask.io.mtx.SEEKSPACE_PIXEL_SIZE` um (``pixels = um / 0.265385``). ``extra_locations`` (a fraction of
         ``n_obs``) rows with barcodes that are not in the matrix are appended, as real location files list
         beads the matrix filtered out; readers must keep only barcodes present in the matrix.
 
@@ -102,14 +102,14 @@ def write_mtx(
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     var = slice_.var
-    _write_lines(out / "features.tsv.gz",
-                 [f"{gid}\t{sym}\tGene Expression" for gid, sym in zip(var["gene_ids"], var.index)])
+    _write_lines(out / FEATURE_FILES[0],
+                 [f"{gid}\t{sym}\t{GEX}" for gid, sym in zip(var["gene_ids"], var.index)])
     nnz = 0
-    scale = slice_.um_per_unit / SEEKSPACE_UM_PER_PIXEL
+    scale = slice_.um_per_unit / SEEKSPACE_PIXEL_SIZE
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         entries = Path(tmp) / "entries.txt"
-        with ByteSink(entries) as body, _GzipText(out / "barcodes.tsv.gz") as bc_fh, \
-                (open(out / "cell_locations.tsv", "w") if locations else _NullFile()) as loc_fh:
+        with ByteSink(entries) as body, _GzipText(out / BARCODE_FILES[0]) as bc_fh, \
+                (open(out / LOCATION_FILES[0], "w") if locations else _NullFile()) as loc_fh:
             if locations:
                 loc_fh.write("barcode\tx\ty\n")
             for batch in slice_.iter_batches(chunk_size):
@@ -130,7 +130,7 @@ def write_mtx(
         header = ("%%MatrixMarket matrix coordinate integer general\n"
                   f'%metadata_json: {{"software_version": "stdask-synthetic", "format_version": 2}}\n'
                   f"{slice_.n_genes} {slice_.n_obs} {nnz}\n").encode()
-        with open(out / "matrix.mtx.gz", "wb") as raw, \
+        with open(out / MATRIX_FILES[0], "wb") as raw, \
                 gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=compresslevel, mtime=0) as gz, \
                 open(entries, "rb") as src:
             gz.write(header)
@@ -232,11 +232,11 @@ def write_visium(
         names = var.index.to_numpy(str)
         feat.create_dataset("id", data=ids.astype("S"))
         feat.create_dataset("name", data=names.astype("S"))
-        feat.create_dataset("feature_type", data=np.full(len(ids), b"Gene Expression"))
+        feat.create_dataset("feature_type", data=np.full(len(ids), GEX.encode()))
         feat.create_dataset("genome", data=np.full(len(ids), b"GRCh38"))
         feat.create_dataset("_all_tag_keys", data=np.array([b"genome"]))
         indptr[0] = 0
-        pos_fh.write("barcode,in_tissue,array_row,array_col,pxl_row_in_fullres,pxl_col_in_fullres\n")
+        pos_fh.write(",".join(POSITION_COLUMNS) + "\n")
         for batch in slice_.iter_batches(chunk_size):
             lo, hi = batch.start, batch.start + len(batch)
             c = batch.counts

@@ -1,4 +1,4 @@
 """Spatial graphs: neighbours by radius, kNN, Delaunay or lattice rings, built per tile with a halo."""
-from .neighbors import NeighbourSummary, SpatialGraph, neighbour_summary, spatial_neighbors
+from .neighbors import NeighbourSummary, SpatialGraph, neighbour_summary, resolve_distance, spatial_neighbors
 
-__all__ = ["spatial_neighbors", "neighbour_summary", "NeighbourSummary", "SpatialGraph"]
+__all__ = ["spatial_neighbors", "neighbour_summary", "resolve_distance", "NeighbourSummary", "SpatialGraph"]

@@ -1,19 +1,21 @@
 """Pieces every graph builder shares: exact pair distances, library codes, and the assembly of
 per-tile row blocks into one CSR graph.
 
-A builder runs per tile and returns a :class:`RowBlock` for the tile's own rows only. Tiles own disjoint,
-consecutive row ranges, so the full graph is the concatenation of the blocks in tile order, whatever the
-tile size, and no edge is ever computed twice.
+A builder runs per tile (a coordinates-only :class:`~stdask.tilemap.PointTile` from
+:func:`stdask.tilemap.map_tiles` with ``layer=None``) and returns a :class:`RowBlock` for the tile's own rows
+only. Tiles own disjoint, consecutive row ranges, so the full graph is the concatenation of the blocks in tile
+order (``map_tiles(..., combine="concat")``), whatever the tile size, and no edge is ever computed twice.
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from ..dataset import open_cached
 
 @dataclass
 class RowBlock:
@@ -77,81 +79,26 @@ def library_codes_of(obs: pd.DataFrame, key: str, where: str) -> np.ndarray:
     return codes.astype(np.int32)
 
 
-def store_version(ds) -> str:
-    """A token that changes whenever the store's data or its ``obs`` table change.
-
-    The ingest uuid alone is not enough for caches keyed on it: ``ds.write()`` rewrites ``obs`` (a new column,
-    or new values under an old name) by renaming a new directory into place, which gives it a new inode.
-    """
-    import os
-
-    from ..store.format import TABLE_PATH
-
-    st = os.stat(ds.path / TABLE_PATH / "obs")
-    return f"{ds.store.uuid}-{st.st_ino}-{st.st_mtime_ns}"
-
-
-@functools.lru_cache(maxsize=8)
-def open_dataset(path: str, uuid: str):
-    """The dataset at ``path`` (once per worker process and store version)."""
-    from ..dataset import SpatialDataset
-
-    return SpatialDataset(path)
-
-
-def tile_points(tile, h: float, path: str, uuid: str) -> tuple[np.ndarray, np.ndarray]:
-    """Global rows and coordinates of a tile's own rows followed by candidate halo rows: every row of
-    another tile inside the own rows' bounding box grown by ``h``.
-
-    That is a superset of :meth:`~stdask.dataset.SpatialDataset.halo_rows` (every point within ``h`` of an
-    own point lies in the grown box) found with vectorised comparisons on contiguous tile slices instead
-    of a k-d-tree query per candidate (10x cheaper on 40k-row tiles). The builders make the exact
-    distance test themselves, so the extra corner rows change no result.
-
-    Graph builders need coordinates only, so they run :func:`stdask.tilemap.map_tiles` with ``halo=0``
-    and take the halo here, instead of having ``map_tiles`` read the expression rows of every
-    neighbouring tile.
-
-    Returns
-    -------
-    rows
-        (n_own + n_halo,) int64.
-    coords
-        (n_own + n_halo, 2) float64 in store units.
-    """
-    own = tile.rows[: tile.n_own]
-    own_xy = tile.coords[: tile.n_own]
-    if h <= 0 or tile.n_own == 0:
-        return own, own_xy
-    ds = open_dataset(path, uuid)
-    lo = own_xy.min(axis=0) - h
-    hi = own_xy.max(axis=0) + h
-    starts = ds.tile_row_start
-    rows, xy = [own], [own_xy]
-    for u in ds.tiling.tiles_within(tile.index, h):
-        a, b = int(starts[u]), int(starts[u + 1])
-        if u == tile.index or a == b:
-            continue
-        c = ds.coords[a:b]
-        keep = np.flatnonzero((c[:, 0] >= lo[0]) & (c[:, 0] <= hi[0]) & (c[:, 1] >= lo[1]) & (c[:, 1] <= hi[1]))
-        rows.append(keep + a)
-        xy.append(c[keep])
-    return np.concatenate(rows).astype(np.int64), np.concatenate(xy)
-
-
-@functools.lru_cache(maxsize=8)
-def stored_library_codes(path: str, uuid: str, key: str) -> np.ndarray:
-    """Library codes read from a store's ``obs`` (once per worker process and :func:`store_version`).
+def stored_library_codes(path: str, version: str, key: str) -> np.ndarray:
+    """Library codes read from a store's ``obs`` (once per worker process and store version, on the dataset
+    :func:`~stdask.dataset.open_cached` keeps).
 
     Tasks read the column themselves instead of carrying an n_obs array in every task.
     """
-    from ..store.reader import StoreReader
+    ds = open_cached(path, version)
+    return ds.derived(("library_codes", key), lambda: library_codes_of(ds.store.obs, key, path))
 
-    return library_codes_of(StoreReader(path).obs, key, path)
+
+def tile_library_codes(tile, key: str) -> np.ndarray:
+    """(n_obs,) int32 library codes of the store a :class:`~stdask.tilemap.PointTile` comes from
+    (:func:`stored_library_codes`: read once per process and store version)."""
+    ds = tile.ds
+    return stored_library_codes(str(Path(ds.path).resolve()), ds.store.version, key)
 
 
-def assemble(blocks: list[RowBlock], n_obs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Concatenate row blocks (in row order) into CSR arrays.
+def assemble(block: RowBlock | None, n_obs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CSR arrays of the row block of all rows (the tiles' blocks concatenated in row order by
+    :func:`stdask.tilemap.map_tiles`; ``None`` for a dataset without rows).
 
     Returns
     -------
@@ -162,14 +109,14 @@ def assemble(blocks: list[RowBlock], n_obs: int) -> tuple[np.ndarray, np.ndarray
     dist
         (nnz,) float64.
     """
-    counts = np.concatenate([b.counts for b in blocks]) if blocks else np.zeros(0, np.int64)
+    counts = block.counts if block is not None else np.zeros(0, np.int64)
     if len(counts) != n_obs:
         raise RuntimeError(f"graph blocks cover {len(counts)} rows, the dataset has {n_obs}")
     indptr = np.zeros(n_obs + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr[1:])
     idx_dtype = np.int32 if n_obs <= np.iinfo(np.int32).max else np.int64
-    indices = (np.concatenate([b.cols for b in blocks]) if blocks else np.zeros(0)).astype(idx_dtype)
-    dist = (np.concatenate([b.dist for b in blocks]) if blocks else np.zeros(0)).astype(np.float64)
+    indices = (block.cols if block is not None else np.zeros(0)).astype(idx_dtype)
+    dist = (block.dist if block is not None else np.zeros(0)).astype(np.float64)
     return indptr, indices, dist
 
 

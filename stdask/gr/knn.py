@@ -8,7 +8,7 @@ any own row. If an own row's k-th neighbour among own + halo rows lies at distan
 observation at distance ``<= d_k`` is in the candidate set, so its k nearest (ties included) are exactly
 the global ones. Rows that fail the test make the tile retry with ``h = max(d_k)`` over the failing rows
 (at least 1.25 h, and at least 2 h when a row has fewer than k candidates) until all pass or the halo
-spans the whole slice. The halo is the own rows' bounding box grown by ``h`` (:func:`~.graph.tile_points`),
+spans the whole slice. The halo is the own rows' bounding box grown by ``h`` (:class:`stdask.tilemap.PointTile`),
 a superset of the rows within ``h``, which is all the argument needs.
 """
 from __future__ import annotations
@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import cKDTree
 
-from ..dataset import Tile
-from .graph import RowBlock, pair_distance, stored_library_codes, tile_points
+from ..tilemap import PointTile
+from .graph import RowBlock, pair_distance, tile_library_codes
 
 #: relative slack on float comparisons between the tree's distances and ours (both float64 sqrt of a
 #: sum of two squares; they can differ in the last bit only)
@@ -124,10 +124,9 @@ def knn_block(nbr: np.ndarray, dist: np.ndarray) -> RowBlock:
     return RowBlock(counts, cols[sel], d[sel])
 
 
-def knn_tile(tile: Tile, k: int, h: float, max_halo: float, path: str, uuid: str,
-             library_key: str | None) -> RowBlock:
-    """Exact kNN of one tile's own rows (a tile from :func:`stdask.tilemap.map_tiles`; the halo is taken
-    from the coordinates, :func:`~.graph.tile_points`).
+def knn_tile(tile: PointTile, k: int, max_halo: float, library_key: str | None) -> RowBlock:
+    """Exact kNN of one tile's own rows (a coordinates-only tile from :func:`stdask.tilemap.map_tiles`
+    with ``layer=None``; its halo is the first one tried, widened as the module docstring says).
 
     Parameters
     ----------
@@ -135,20 +134,16 @@ def knn_tile(tile: Tile, k: int, h: float, max_halo: float, path: str, uuid: str
         The tile (its own rows are used).
     k
         Neighbours per row.
-    h
-        First halo to try, store units.
     max_halo
         A distance no two observations exceed (the slice's bounding-box diagonal): a halo this wide holds
         every row, so rows with fewer than k candidates then truly have fewer than k neighbours.
-    path, uuid
-        The store, to read a wider halo and the library codes.
     library_key
         obs column whose values split the slice into libraries, or ``None``.
     """
-    codes = stored_library_codes(path, uuid, library_key) if library_key else None
-    h = float(h)
-    rows, coords = tile_points(tile, h, path, uuid)
+    codes = tile_library_codes(tile, library_key) if library_key else None
+    h = float(tile.halo)
     while True:
+        rows, coords = tile.rows, tile.coords
         lib = codes[rows] if codes is not None else None
         nbr, dist = knn_rows(coords, rows, tile.n_own, k, lib)
         kth = dist[:, k - 1] if tile.n_own else np.zeros(0)
@@ -162,5 +157,5 @@ def knn_tile(tile: Tile, k: int, h: float, max_halo: float, path: str, uuid: str
         if not np.isfinite(need).all():
             grow = max(grow, 2 * h)
         h = min(max(grow, h * 1.25), max_halo)
-        rows, coords = tile_points(tile, h, path, uuid)
+        tile = tile.widen(h)
     return knn_block(nbr, dist)

@@ -32,11 +32,12 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..dataset import SpatialDataset
+from ..results import writes_results
 from ..tilemap import map_tiles
 from . import delaunay as _delaunay
-from .graph import RowBlock, assemble, library_codes_of, store_version, to_matrices
+from .graph import RowBlock, assemble, library_codes_of, to_matrices
 from .knn import knn_tile
-from .radius import radius_tile
+from .radius import HALO_SLACK, radius_tile
 from .rings import CUTOFF_FACTOR, grid_rings
 
 METHODS = ("radius", "knn", "delaunay", "grid")
@@ -70,7 +71,7 @@ class NeighbourSummary:
 
 
 class SpatialGraph(NamedTuple):
-    """What ``spatial_neighbors(..., copy=True)`` returns.
+    """What ``spatial_neighbors`` returns (and records on the dataset unless ``copy=True``).
 
     Attributes
     ----------
@@ -110,27 +111,38 @@ def neighbour_summary(ds: SpatialDataset, key: str = "spatial") -> NeighbourSumm
     :class:`NeighbourSummary`; ``str()`` of it is stLearn's diagnostic line.
     """
     name = f"{key}_connectivities"
-    if ("obsp", name) in ds.pending:
-        indptr = ds.get_result("obsp", name).indptr
-    else:
-        obsp = ds.store.table["obsp"]
-        if name not in obsp:
-            raise KeyError(f"{ds.path}: no obsp[{name!r}]; run "
-                           f"stdask.gr.spatial_neighbors(ds, key_added={key!r}) first")
-        indptr = obsp[name]["indptr"][:]  # only the row pointers: the counts need nothing else
-    return summarise_counts(np.diff(np.asarray(indptr, dtype=np.int64)))
+    if ds.is_pending("obsp", name):
+        return summarise_counts(np.diff(np.asarray(ds.get_result("obsp", name).indptr, dtype=np.int64)))
+    if not ds.is_stored("obsp", name):
+        raise KeyError(f"{ds.path}: no obsp[{name!r}]; run stdask.gr.spatial_neighbors(ds, key_added={key!r}) first")
+    return summarise_counts(ds.result_row_counts("obsp", name))  # the counts need the row pointers only
 
 
-def resolve_distance(ds: SpatialDataset, distance: float | None) -> float:
-    """The radius in store units: ``distance``, or 2 x the spot diameter when it is ``None``.
+def resolve_distance(ds: SpatialDataset, distance: float | None, *, within_spot: bool = False) -> float:
+    """The neighbourhood radius in store units: ``distance``, or 2 x the spot diameter when it is ``None``.
+
+    Parameters
+    ----------
+    ds
+        The dataset (its spot diameter, unit and binning pitch).
+    distance
+        A radius in store units, or ``None``.
+    within_spot
+        What ``distance=0`` means: ``True`` (the CCI analyses, :func:`stdask.tl.cci.run`) -- within-spot
+        mode, every observation its own neighbourhood, returned as 0.0; ``False`` (graph building) -- an
+        error, since no graph has radius 0.
 
     Raises
     ------
     ValueError
-        ``distance`` is 0, negative, NaN or infinite; or it is ``None`` and the dataset records no spot
-        diameter (for a binned / gridded dataset the message gives the bin pitch and radii to use).
+        ``distance`` is negative, NaN or infinite, or 0 without ``within_spot``; or it is ``None`` and the
+        dataset records no spot diameter (for a binned / gridded dataset the message gives the bin pitch and
+        radii to use).
+    TypeError
+        ``distance`` is neither a number nor ``None``.
     """
     unit = ds.unit or "store units"
+    zero_hint = ", or distance=0 for within-spot mode" if within_spot else ""
     if distance is None:
         sd = ds.spot_diameter
         if sd is not None:
@@ -143,29 +155,31 @@ def resolve_distance(ds: SpatialDataset, distance: float | None) -> float:
                 f"distance=None means 2 x the spot diameter, but {ds.path.name} holds {w:g} x {h:g} {unit} bins "
                 f"aggregated from single cells, which have no spot diameter; pass distance= in {unit}, e.g. "
                 f"distance={1.2 * p:g} (1.2 x pitch) for the 4 adjacent bins or {1.5 * p:g} (1.5 x pitch) for the 8 "
-                "surrounding ones"
+                f"surrounding ones{zero_hint}"
             )
         raise ValueError(
             f"distance=None means 2 x the spot diameter, and {ds.path.name} records no spot diameter; "
-            f"pass distance= as a radius in {unit}"
+            f"pass distance= as a radius in {unit}{zero_hint}"
         )
     if isinstance(distance, bool) or not isinstance(distance, Real):
         raise TypeError(f"distance must be a number in {unit} or None, got {distance!r}")
     d = float(distance)
+    if d == 0 and within_spot:
+        return 0.0
     if d == 0:
         raise ValueError(
             "distance=0 is the within-spot mode of the CCI analysis (each spot its own neighbourhood; pass it to "
             f"stdask.tl.cci.run), not a graph; use distance=None (2 x spot diameter) or a positive radius in {unit}"
         )
     if not math.isfinite(d) or d < 0:
-        raise ValueError(f"distance must be a positive, finite radius in {unit} (or None), got {distance!r}")
+        raise ValueError(f"distance must be a positive, finite radius in {unit} (or None{zero_hint[1:]}), "
+                         f"got {distance!r}")
     return d
 
 
 def binning_pitch(ds: SpatialDataset) -> tuple[float, float] | None:
     """(bin width, bin height) of a dataset made by :func:`stdask.tl.grid` / :func:`stdask.pp.binning.bin`."""
-    uns = ds.store.table["uns"]
-    if BINNING_KEY not in uns:
+    if not ds.is_stored("uns", BINNING_KEY):
         return None
     info = ds.get_result("uns", BINNING_KEY)
     return float(info["bin_width"]), float(info["bin_height"])
@@ -180,7 +194,7 @@ def _check_count(name: str, value: Any) -> int:
 def _knn_halos(ds: SpatialDataset, k: int) -> tuple[float, float]:
     """First halo for kNN (twice the radius holding k + 1 points at the slice's mean density) and the
     bounding-box diagonal, a halo that holds every row."""
-    xmin, ymin, xmax, ymax = (float(v) for v in np.asarray(ds.store.meta["bounds"]))
+    xmin, ymin, xmax, ymax = (float(v) for v in ds.bounds)
     w, h = xmax - xmin, ymax - ymin
     diag = math.hypot(w, h)
     n = max(ds.n_obs, 1)
@@ -192,16 +206,15 @@ def _knn_halos(ds: SpatialDataset, k: int) -> tuple[float, float]:
     return min(h0, max_halo), max_halo
 
 
-def _tile_blocks(ds: SpatialDataset, func, scheduler, progress: bool, rows_per_task: int | None, desc: str,
-                 **kwargs: Any) -> list[RowBlock]:
-    path, uuid = str(ds.path.resolve()), store_version(ds)
-    # halo=0: the builders take their halo from the coordinates alone (graph.tile_points); a map_tiles
-    # halo would also read the expression rows of every neighbouring tile, which no graph needs
-    out = map_tiles(ds, func, halo=0.0, rows_per_task=rows_per_task, scheduler=scheduler, progress=progress,
-                    desc=desc, path=path, uuid=uuid, **kwargs)
-    return [block for _, block in out]
+def _graph_block(ds: SpatialDataset, func, halo: float, *, rows_per_task: int | None, scheduler, progress: bool,
+                 desc: str, **kwargs: Any) -> RowBlock | None:
+    """The row block of every row: ``func`` on coordinates-only tiles (no expression is read), the tiles'
+    blocks concatenated in row order."""
+    return map_tiles(ds, func, halo=halo, layer=None, rows_per_task=rows_per_task, scheduler=scheduler,
+                     progress=progress, desc=desc, combine="concat", **kwargs)
 
 
+@writes_results
 def spatial_neighbors(
     ds: SpatialDataset,
     method: str = "radius",
@@ -216,8 +229,7 @@ def spatial_neighbors(
     scheduler=None,
     progress: bool = True,
     verbose: bool = True,
-    copy: bool = False,
-) -> SpatialGraph | None:
+) -> SpatialGraph:
     """Build the spatial neighbour graph of a dataset, tile by tile.
 
     Parameters
@@ -253,12 +265,11 @@ def spatial_neighbors(
     verbose
         Print stLearn's line ``"N spots with no neighbours, M median spot neighbours."``.
     copy
-        Return the graph instead of attaching it to ``ds``.
+        Return the graph without recording it on ``ds``.
 
     Returns
     -------
-    ``None`` (results pending on ``ds`` until ``ds.write()``), or with ``copy=True`` a
-    :class:`SpatialGraph`.
+    The :class:`SpatialGraph` (also recorded on ``ds``, pending until ``ds.write()``, unless ``copy=True``).
 
     Stored results
     --------------
@@ -291,44 +302,66 @@ def spatial_neighbors(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    path_name = str(ds.path)
-    codes = None
-    if library_key is not None:
-        if library_key not in ds.store.obs.columns:
-            raise KeyError(f"{path_name}: library_key {library_key!r} is not a stored obs column (pending obs "
-                           f"columns must be written with ds.write() first); columns: {list(ds.store.obs.columns)}")
-        codes = library_codes_of(ds.store.obs, library_key, path_name)
-    n = ds.n_obs
+    codes = _library_codes(ds, library_key)
     params: dict[str, Any] = {"method": method, "unit": ds.unit or ""}
     if library_key is not None:
         params["library_key"] = library_key
-
+    tiles = {"rows_per_task": rows_per_task, "scheduler": scheduler, "progress": progress}
     if method == "radius":
-        r = resolve_distance(ds, distance)
-        params.update({"distance": r, "inclusive": True, "distances": "euclidean"})
-        blocks = _tile_blocks(ds, radius_tile, scheduler, progress, rows_per_task, "spatial_neighbors (radius)",
-                              r=r, library_key=library_key)
-        indptr, indices, dist = assemble(blocks, n)
+        indptr, indices, dist, extra = _radius_graph(ds, distance, library_key, tiles)
     elif method in ("knn", "grid"):
-        k = _check_count("n_neighs", n_neighs)
-        if method == "grid":
-            rings = _check_count("n_rings", n_rings)
-        h0, max_halo = _knn_halos(ds, k)
-        blocks = _tile_blocks(ds, knn_tile, scheduler, progress, rows_per_task, f"spatial_neighbors ({method})",
-                              k=k, h=h0, max_halo=max_halo, library_key=library_key)
-        indptr, indices, dist = assemble(blocks, n)
-        if method == "knn":
-            params.update({"n_neighs": k, "ties": "smaller row first", "distances": "euclidean"})
-        else:
-            indptr, indices, dist = grid_rings(indptr, indices, dist, codes, rings)
-            indices = indices.astype(np.int32) if n <= np.iinfo(np.int32).max else indices
-            params.update({"n_neighs": k, "n_rings": rings, "cutoff_factor": CUTOFF_FACTOR, "distances": "ring"})
+        indptr, indices, dist, extra = _nearest_graph(ds, method, n_neighs, n_rings, codes, library_key, tiles)
     else:
         limit = _check_count("delaunay_max_points", delaunay_max_points)
-        block = _delaunay.delaunay_graph(ds.coords, codes, limit)
-        indptr, indices, dist = assemble([block], n)
-        params.update({"distances": "euclidean"})
+        indptr, indices, dist = assemble(_delaunay.delaunay_graph(ds.coords, codes, limit), ds.n_obs)
+        extra = {"distances": "euclidean"}
+    params.update(extra)
+    summary = _checked_summary(indptr, ds.n_obs, method, params, verbose)
+    return _record_graph(ds, key_added, indptr, indices, dist, params, summary)
 
+
+def _library_codes(ds: SpatialDataset, library_key: str | None) -> np.ndarray | None:
+    """Per-observation library codes of the stored obs column ``library_key`` (``None`` without one)."""
+    if library_key is None:
+        return None
+    path_name = str(ds.path)
+    if library_key not in ds.store.obs.columns:
+        raise KeyError(f"{path_name}: library_key {library_key!r} is not a stored obs column (pending obs "
+                       f"columns must be written with ds.write() first); columns: {list(ds.store.obs.columns)}")
+    return library_codes_of(ds.store.obs, library_key, path_name)
+
+
+def _radius_graph(ds: SpatialDataset, distance: float | None, library_key: str | None, tiles: dict[str, Any]):
+    """CSR parts (indptr, indices, distances) of the radius graph, and its ``params`` entries."""
+    r = resolve_distance(ds, distance)
+    block = _graph_block(ds, radius_tile, r * (1 + HALO_SLACK), desc="spatial_neighbors (radius)", r=r,
+                         library_key=library_key, **tiles)
+    return (*assemble(block, ds.n_obs), {"distance": r, "inclusive": True, "distances": "euclidean"})
+
+
+def _nearest_graph(ds: SpatialDataset, method: str, n_neighs: int, n_rings: int, codes: np.ndarray | None,
+                   library_key: str | None, tiles: dict[str, Any]):
+    """CSR parts (indptr, indices, distances) of the kNN graph, or of the grid rings built from it, and
+    its ``params`` entries."""
+    n = ds.n_obs
+    k = _check_count("n_neighs", n_neighs)
+    if method == "grid":
+        rings = _check_count("n_rings", n_rings)
+    h0, max_halo = _knn_halos(ds, k)
+    block = _graph_block(ds, knn_tile, h0, desc=f"spatial_neighbors ({method})", k=k, max_halo=max_halo,
+                         library_key=library_key, **tiles)
+    indptr, indices, dist = assemble(block, n)
+    if method == "knn":
+        return indptr, indices, dist, {"n_neighs": k, "ties": "smaller row first", "distances": "euclidean"}
+    indptr, indices, dist = grid_rings(indptr, indices, dist, codes, rings)
+    indices = indices.astype(np.int32) if n <= np.iinfo(np.int32).max else indices
+    return indptr, indices, dist, {"n_neighs": k, "n_rings": rings, "cutoff_factor": CUTOFF_FACTOR,
+                                   "distances": "ring"}
+
+
+def _checked_summary(indptr: np.ndarray, n: int, method: str, params: dict, verbose: bool) -> NeighbourSummary:
+    """The graph's :class:`NeighbourSummary`, printed when ``verbose``; raises when no observation has a
+    neighbour (as stLearn)."""
     summary = summarise_counts(np.diff(indptr))
     if verbose:
         print(summary)
@@ -338,9 +371,14 @@ def spatial_neighbors(
             + ("set distance to a larger value (or use distance=0 in the CCI analysis for within-spot mode)"
                if method == "radius" else "check the coordinates and library_key")
         )
+    return summary
+
+
+def _record_graph(ds: SpatialDataset, key_added: str, indptr: np.ndarray, indices: np.ndarray, dist: np.ndarray,
+                  params: dict, summary: NeighbourSummary) -> SpatialGraph:
+    """Build the two matrices and record them, with the ``uns`` entry, on ``ds`` (squidpy's keys)."""
+    n = ds.n_obs
     conn, dst = to_matrices(indptr, indices, dist, n)
-    if copy:
-        return SpatialGraph(conn, dst, summary)
     ckey, dkey = f"{key_added}_connectivities", f"{key_added}_distances"
     ds.set_result("obsp", ckey, conn)
     ds.set_result("obsp", dkey, dst)
@@ -351,7 +389,7 @@ def spatial_neighbors(
         "summary": {"n_obs": int(n), "n_edges": int(conn.nnz), "n_without_neighbours": summary.n_without_neighbours,
                     "median_neighbours": summary.median_neighbours},
     })
-    return None
+    return SpatialGraph(conn, dst, summary)
 
 
 def _describe(method: str, params: dict) -> str:

@@ -15,12 +15,15 @@ Two kinds of sources exist:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
+
+#: largest count a record or entry may hold (counts stream as uint32)
+COUNT_MAX = int(np.iinfo(np.uint32).max)
 
 
 class InputError(ValueError):
@@ -190,6 +193,20 @@ class TableSource(Source):
         return self._coords.copy()
 
 
+def make_unique(names: Sequence[str], join: str = "-") -> pd.Index:
+    """Make names unique the way ``anndata.utils.make_index_unique`` (and scanpy's readers) do.
+
+    The first occurrence keeps its name; later ones get ``-1``, ``-2``... skipping any name already
+    present, so ``["A", "A", "A-1"]`` becomes ``["A", "A-2", "A-1"]``.
+    """
+    index = pd.Index(np.asarray(names, dtype=object), dtype=object)
+    if index.is_unique:
+        return index
+    from anndata.utils import make_index_unique
+
+    return pd.Index(make_index_unique(index, join=join), dtype=object)
+
+
 _SOURCES: dict[str, type[Source]] = {}
 
 
@@ -216,5 +233,6 @@ def open_source(path: str | Path, format: str | None = None, **options: Any) -> 
         if cls.detect(path):
             return cls(path, **options)
     raise ValueError(
-        f"{path}: cannot tell the input format from the name; pass --format / format= one of {', '.join(source_formats())}"
+        f"{path}: cannot tell the input format from the name; pass --format / format= one of "
+        f"{', '.join(source_formats())}"
     )

@@ -7,14 +7,14 @@ whole cells (cell-bin, cell-major), each range holding about ``chunk_size`` rows
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator
 
 import h5py
 import numpy as np
 import pandas as pd
 
-from stdask.io.base import TableSource, EntryChunk, InputError, RecordChunk, Source, register_source
-from stdask.io.gem import make_unique
+from stdask.io.base import EntryChunk, InputError, RecordChunk, Source, TableSource, make_unique, register_source
+from stdask.io.hdf5 import decode_strings, open_hdf5
 
 __all__ = ["GefSource", "CellbinGefSource"]
 
@@ -37,9 +37,9 @@ def _attrs(obj: h5py.HLObject) -> dict[str, Any]:
     return {k: _plain(v) for k, v in obj.attrs.items()}
 
 
-def _decode(names: np.ndarray) -> list[str]:
-    """(n,) fixed-length byte strings -> str (NUL padding removed)."""
-    return [n.decode("utf-8", errors="replace").rstrip("\x00") if isinstance(n, bytes) else str(n) for n in names]
+def _file_attrs(f: h5py.File, dset: h5py.Dataset, prefix: str) -> dict[str, Any]:
+    """The file's attributes, then those of its main dataset named ``<prefix>_<name>`` (``uns['gef_attrs']``)."""
+    return {**_attrs(f), **{f"{prefix}_{k}": v for k, v in _attrs(dset).items()}}
 
 
 def _has_cellbin(path: Path) -> tuple[bool, bool] | None:
@@ -59,10 +59,10 @@ def _gene_table(path: Path, dset: h5py.Dataset, name_fields: tuple[str, ...]) ->
     fields = dset.dtype.names or ()
     table = dset[()]  # the gene table is small (one row per gene)
     if "geneID" in fields and "geneName" in fields:
-        return _decode(table["geneID"]), _decode(table["geneName"])
+        return decode_strings(table["geneID"]), decode_strings(table["geneName"])
     for field in name_fields:
         if field in fields:
-            return _decode(table[field]), None
+            return decode_strings(table[field]), None
     raise InputError(f"{path}: {dset.name} has no gene name field (fields: {', '.join(fields)})")
 
 
@@ -103,8 +103,74 @@ def _contiguous_groups(offset: np.ndarray, count: np.ndarray, n_rows: int, chunk
         i = j
 
 
+def _check_counts(values: np.ndarray, a: int, where: str) -> None:
+    """Counts read as signed integers from rows ``a..`` of ``where`` must be >= 0."""
+    if values.dtype.kind == "i" and (values < 0).any():
+        k = int(np.argmax(values < 0))
+        raise InputError(f"{where} row {a + k}: count is {values[k]}; counts must be >= 0")
+
+
+class _GefFile:
+    """What both GEF kinds share, read at open: DNB coordinates, the gene table, the file's attributes, and a
+    main dataset whose rows belong to items (the genes of a square-bin GEF, the cells of a cell-bin one)."""
+
+    path: Path
+    _ids: list[str]
+    _names: list[str] | None
+    #: ``uns['gef_attrs']``
+    _attrs: dict[str, Any]
+    #: (n_items,) int64: item i owns rows ``_offset[i]:_offset[i] + _count[i]`` of the main dataset
+    _offset: np.ndarray
+    _count: np.ndarray
+    #: rows of the main dataset
+    _n_rows: int
+    #: what an item is ("gene" or "cell"), as errors name it
+    _item: ClassVar[str]
+
+    @property
+    def unit(self) -> str:
+        return "DNB"
+
+    @property
+    def var(self) -> pd.DataFrame:
+        return _gene_var(self._ids, self._names)
+
+    @property
+    def uns(self) -> dict:
+        return {"gef_attrs": dict(self._attrs)}
+
+    @property
+    def size_hint(self) -> int | None:
+        return self._n_rows
+
+    def _check_items(self) -> None:
+        """Fail at open, not half way through the stream, on an item table that points outside the data."""
+        for _ in _contiguous_groups(self._offset, self._count, self._n_rows, self._n_rows or 1, self.path, self._item):
+            pass
+
+    def _row_blocks(self, chunk_size: int, dtype: type) -> Iterator[tuple[int, int, np.ndarray]]:
+        """Blocks of at most ``chunk_size`` rows of the main dataset, with the item owning each row.
+
+        Items are taken in order of their offset and grouped by :func:`_contiguous_groups`; an item larger
+        than ``chunk_size`` is split over several blocks.
+
+        Yields
+        ------
+        (a, b, owner)
+            Rows ``a..b-1`` and the (b - a,) ``dtype`` item index of each.
+        """
+        order = np.argsort(self._offset, kind="stable")  # item-major files: offsets normally already sorted
+        offset, count = self._offset[order], self._count[order]
+        for i, j, start, stop in _contiguous_groups(offset, count, self._n_rows, chunk_size, self.path, self._item):
+            owner_of_row = np.repeat(order[i:j].astype(dtype), count[i:j]) if j - i > 1 else None
+            for a in range(start, stop, chunk_size):
+                b = min(a + chunk_size, stop)
+                yield a, b, (owner_of_row[a - start:b - start] if owner_of_row is not None
+                             else np.full(b - a, order[i], dtype))
+
+
 @register_source
-class GefSource(Source):
+class GefSource(_GefFile, Source):
     """Square-bin Stereo-seq GEF (``.gef``, ``.raw.gef``, ``.tissue.gef``): DNB records.
 
     Parameters
@@ -126,6 +192,7 @@ class GefSource(Source):
     format_name = "gef"
     kind = "records"
     suffixes = (".gef",)
+    _item = "gene"
 
     @classmethod
     def detect(cls, path: Path) -> bool:
@@ -139,11 +206,7 @@ class GefSource(Source):
         super().__init__(path, bin_level=bin_level)
         self.bin_level = int(bin_level)
         self._group = f"geneExp/bin{self.bin_level}"
-        try:
-            f = h5py.File(self.path, "r")
-        except OSError as exc:
-            raise InputError(f"{self.path}: not a readable HDF5 / GEF file ({exc})") from None
-        with f:
+        with open_hdf5(self.path, "GEF") as f:
             if "geneExp" not in f:
                 hint = " (it is a cell-bin GEF: use format='cellbin-gef')" if "cellBin" in f else ""
                 raise InputError(f"{self.path}: no geneExp group{hint}; top-level keys: {', '.join(f)}")
@@ -158,8 +221,8 @@ class GefSource(Source):
             if missing:
                 raise InputError(f"{self.path}: {exp.name} lacks field(s) {', '.join(sorted(missing))} "
                                  f"(fields: {', '.join(exp.dtype.names or ())})")
-            self._n_records = int(exp.shape[0])
-            self._has_exon = "exon" in grp and grp["exon"].shape[0] == self._n_records
+            self._n_rows = int(exp.shape[0])
+            self._has_exon = "exon" in grp and grp["exon"].shape[0] == self._n_rows
             gene = grp["gene"]
             gfields = gene.dtype.names or ()
             if "offset" not in gfields or "count" not in gfields:
@@ -168,29 +231,8 @@ class GefSource(Source):
             table = gene.fields(["offset", "count"])[()]
             self._offset = table["offset"].astype(np.int64)
             self._count = table["count"].astype(np.int64)
-            attrs = _attrs(f)
-            attrs.update({f"expression_{k}": v for k, v in _attrs(exp).items()})
-            self._attrs = attrs
-        # fail at open, not half way through the stream, on a gene table that points outside the data
-        for _ in _contiguous_groups(self._offset, self._count, self._n_records, self._n_records or 1,
-                                    self.path, "gene"):
-            pass
-
-    @property
-    def unit(self) -> str:
-        return "DNB"
-
-    @property
-    def var(self) -> pd.DataFrame:
-        return _gene_var(self._ids, self._names)
-
-    @property
-    def uns(self) -> dict:
-        return {"gef_attrs": dict(self._attrs, bin_level=self.bin_level)}
-
-    @property
-    def size_hint(self) -> int | None:
-        return self._n_records
+            self._attrs = dict(_file_attrs(f, exp, "expression"), bin_level=self.bin_level)
+        self._check_items()
 
     def iter_records(self, chunk_size: int = 2_000_000) -> Iterator[RecordChunk]:
         """Stream records gene by gene.
@@ -201,42 +243,28 @@ class GefSource(Source):
             x, y (n,) int64 DNB; gene (n,) int32 (row of :attr:`var`); count (n,) uint32 > 0;
             exon (n,) uint32 or None; cell None.
         """
-        order = np.argsort(self._offset, kind="stable")  # gene-major: offsets normally already sorted
-        offset, count = self._offset[order], self._count[order]
         with h5py.File(self.path, "r") as f:
             grp = f[self._group]
             exp = grp["expression"]
             exon_ds = grp["exon"] if self._has_exon else None
-            for i, j, start, stop in _contiguous_groups(offset, count, self._n_records, chunk_size,
-                                                        self.path, "gene"):
-                if stop == start:
-                    continue
-                # several genes: (rows <= chunk_size); one gene may be larger and is split below
-                gene_of_row = np.repeat(order[i:j].astype(np.int32), count[i:j]) if j - i > 1 else None
-                for a in range(start, stop, chunk_size):
-                    b = min(a + chunk_size, stop)
-                    rec = exp[a:b]
-                    cnt = rec["count"]
-                    if cnt.dtype.kind == "i" and (cnt < 0).any():
-                        row = a + int(np.argmax(cnt < 0))
-                        raise InputError(f"{self.path}: {exp.name} row {row}: count is {cnt[row - a]}; "
-                                         f"counts must be >= 0")
-                    keep = cnt > 0
-                    x = rec["x"].astype(np.int64) * self.bin_level
-                    y = rec["y"].astype(np.int64) * self.bin_level
-                    gene = (gene_of_row[a - start:b - start] if gene_of_row is not None
-                            else np.full(b - a, order[i], dtype=np.int32))
-                    exon = exon_ds[a:b].astype(np.uint32) if exon_ds is not None else None
-                    cnt = cnt.astype(np.uint32)
-                    if not keep.all():
-                        x, y, gene, cnt = x[keep], y[keep], gene[keep], cnt[keep]
-                        exon = None if exon is None else exon[keep]
-                    if len(x):
-                        yield RecordChunk(x=x, y=y, gene=gene, count=cnt, exon=exon)
+            for a, b, gene in self._row_blocks(chunk_size, np.int32):
+                rec = exp[a:b]
+                cnt = rec["count"]
+                _check_counts(cnt, a, f"{self.path}: {exp.name}")
+                keep = cnt > 0
+                x = rec["x"].astype(np.int64) * self.bin_level
+                y = rec["y"].astype(np.int64) * self.bin_level
+                exon = exon_ds[a:b].astype(np.uint32) if exon_ds is not None else None
+                cnt = cnt.astype(np.uint32)
+                if not keep.all():
+                    x, y, gene, cnt = x[keep], y[keep], gene[keep], cnt[keep]
+                    exon = None if exon is None else exon[keep]
+                if len(x):
+                    yield RecordChunk(x=x, y=y, gene=gene, count=cnt, exon=exon)
 
 
 @register_source
-class CellbinGefSource(TableSource):
+class CellbinGefSource(_GefFile, TableSource):
     """Cell-bin Stereo-seq GEF (``.cellbin.gef``): segmented cells x genes.
 
     Parameters
@@ -257,6 +285,7 @@ class CellbinGefSource(TableSource):
     format_name = "cellbin-gef"
     kind = "obs"
     suffixes = (".cellbin.gef",)
+    _item = "cell"
 
     _OBS_FIELDS = ("area", "dnbCount", "cellTypeID", "clusterID", "geneCount", "expCount")
 
@@ -273,11 +302,7 @@ class CellbinGefSource(TableSource):
     def __init__(self, path: str | Path, *, cell_border: bool = True) -> None:
         super().__init__(path, cell_border=cell_border)
         self._want_border = bool(cell_border)
-        try:
-            f = h5py.File(self.path, "r")
-        except OSError as exc:
-            raise InputError(f"{self.path}: not a readable HDF5 / GEF file ({exc})") from None
-        with f:
+        with open_hdf5(self.path, "GEF") as f:
             if "cellBin" not in f:
                 raise InputError(f"{self.path}: no cellBin group (not a cell-bin GEF); top-level keys: "
                                  f"{', '.join(f)}")
@@ -294,7 +319,7 @@ class CellbinGefSource(TableSource):
             efields = cb["cellExp"].dtype.names or ()
             if "geneID" not in efields or "count" not in efields:
                 raise InputError(f"{self.path}: cellBin/cellExp lacks geneID/count (fields: {', '.join(efields)})")
-            self._n_entries = int(cb["cellExp"].shape[0])
+            self._n_rows = int(cb["cellExp"].shape[0])
             self._ids, self._names = _gene_table(self.path, cb["gene"], ("geneName", "gene", "geneID"))
             # one row per cell: read whole (tens of bytes per cell), it becomes obs anyway
             table = cell[()]
@@ -304,7 +329,7 @@ class CellbinGefSource(TableSource):
                 if name in cfields:
                     obs[name] = table[name]
             if "cellTypeList" in cb and "cellTypeID" in cfields:
-                types = _decode(np.asarray(cb["cellTypeList"][()]).ravel())
+                types = decode_strings(np.asarray(cb["cellTypeList"][()]).ravel())
                 tid = table["cellTypeID"].astype(np.int64)
                 if len(types) and tid.min(initial=0) >= 0 and tid.max(initial=0) < len(types):
                     obs["cell_type"] = pd.Categorical(np.asarray(types, dtype=object)[tid])
@@ -314,36 +339,16 @@ class CellbinGefSource(TableSource):
             self._obs = obs
             self._coords = np.column_stack([table["x"], table["y"]]).astype(np.float64)
             self._offset = table["offset"].astype(np.int64)
-            self._gene_count = table["geneCount"].astype(np.int64)
+            self._count = table["geneCount"].astype(np.int64)
             self._border = None
             if self._want_border and "cellBorder" in cb and cb["cellBorder"].shape[0] == len(obs):
                 self._border = cb["cellBorder"][()]
-            attrs = _attrs(f)
-            attrs.update({f"cell_{k}": v for k, v in _attrs(cell).items()})
-            self._attrs = attrs
-        for _ in _contiguous_groups(self._offset, self._gene_count, self._n_entries, self._n_entries or 1,
-                                    self.path, "cell"):
-            pass
-
-    @property
-    def unit(self) -> str:
-        return "DNB"
-
-    @property
-    def var(self) -> pd.DataFrame:
-        return _gene_var(self._ids, self._names)
+            self._attrs = _file_attrs(f, cell, "cell")
+        self._check_items()
 
     @property
     def obsm(self) -> dict[str, np.ndarray]:
         return {} if self._border is None else {"cell_border": self._border}
-
-    @property
-    def uns(self) -> dict:
-        return {"gef_attrs": dict(self._attrs)}
-
-    @property
-    def size_hint(self) -> int | None:
-        return self._n_entries
 
     def iter_entries(self, chunk_size: int = 2_000_000) -> Iterator[EntryChunk]:
         """Stream (cell, gene, count) entries by cell ranges.
@@ -354,34 +359,21 @@ class CellbinGefSource(TableSource):
             row (n,) int64 (row of :attr:`obs`), gene (n,) int32, value (n,) uint32 > 0.
         """
         n_genes = len(self._ids)
-        order = np.argsort(self._offset, kind="stable")
-        offset, count = self._offset[order], self._gene_count[order]
         with h5py.File(self.path, "r") as f:
             exp = f["cellBin/cellExp"]
-            for i, j, start, stop in _contiguous_groups(offset, count, self._n_entries, chunk_size,
-                                                        self.path, "cell"):
-                if stop == start:
-                    continue
-                row_of = np.repeat(order[i:j].astype(np.int64), count[i:j]) if j - i > 1 else None
-                for a in range(start, stop, chunk_size):
-                    b = min(a + chunk_size, stop)
-                    rec = exp[a:b]
-                    gene = rec["geneID"].astype(np.int64)
-                    bad = (gene < 0) | (gene >= n_genes)
-                    if bad.any():
-                        k = int(np.argmax(bad))
-                        raise InputError(f"{self.path}: cellBin/cellExp row {a + k}: geneID {gene[k]} is out "
-                                         f"of range (cellBin/gene has {n_genes} genes)")
-                    value = rec["count"]
-                    if value.dtype.kind == "i" and (value < 0).any():
-                        k = int(np.argmax(value < 0))
-                        raise InputError(f"{self.path}: cellBin/cellExp row {a + k}: count is {value[k]}; "
-                                         f"counts must be >= 0")
-                    value = value.astype(np.uint32)
-                    row = (row_of[a - start:b - start] if row_of is not None
-                           else np.full(b - a, order[i], dtype=np.int64))
-                    keep = value > 0
-                    if not keep.all():
-                        row, gene, value = row[keep], gene[keep], value[keep]
-                    if len(row):
-                        yield EntryChunk(row=row, gene=gene.astype(np.int32), value=value)
+            for a, b, row in self._row_blocks(chunk_size, np.int64):
+                rec = exp[a:b]
+                gene = rec["geneID"].astype(np.int64)
+                bad = (gene < 0) | (gene >= n_genes)
+                if bad.any():
+                    k = int(np.argmax(bad))
+                    raise InputError(f"{self.path}: cellBin/cellExp row {a + k}: geneID {gene[k]} is out "
+                                     f"of range (cellBin/gene has {n_genes} genes)")
+                value = rec["count"]
+                _check_counts(value, a, f"{self.path}: cellBin/cellExp")
+                value = value.astype(np.uint32)
+                keep = value > 0
+                if not keep.all():
+                    row, gene, value = row[keep], gene[keep], value[keep]
+                if len(row):
+                    yield EntryChunk(row=row, gene=gene.astype(np.int32), value=value)

@@ -13,11 +13,43 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from stdask.io.base import TableSource, EntryChunk, InputError, Source, register_source
+from stdask.io.base import COUNT_MAX, EntryChunk, InputError, TableSource, register_source
+from stdask.io.hdf5 import open_hdf5, pointer_ranges
 
-__all__ = ["H5adSource"]
+__all__ = ["H5adSource", "IMAGE_COLUMNS", "library_spot_diameter"]
 
-_UINT32_MAX = np.iinfo(np.uint32).max
+
+
+#: stLearn's per-observation coordinates x, y: full-resolution pixels times ``tissue_<use_quality>_scalef``
+IMAGE_COLUMNS = ("imagecol", "imagerow")
+
+
+def library_spot_diameter(uns_spatial: dict | None, image_units: bool) -> float | None:
+    """Spot diameter of the first library of ``uns['spatial']`` (scanpy / stLearn layout), if it records one.
+
+    Parameters
+    ----------
+    uns_spatial
+        ``uns['spatial']``: library id -> ``{"scalefactors": {...}, "use_quality": ...}``.
+    image_units
+        Coordinates are stLearn's image pixels (:data:`IMAGE_COLUMNS`): the diameter is
+        ``spot_diameter_fullres * tissue_<use_quality>_scalef`` (stLearn's ``distance=None`` basis). Otherwise
+        full-resolution pixels: ``spot_diameter_fullres``.
+    """
+    if not isinstance(uns_spatial, dict) or not uns_spatial:
+        return None
+    lib = next(iter(uns_spatial.values()))
+    if not isinstance(lib, dict):
+        return None
+    sf = lib.get("scalefactors") or {}
+    if "spot_diameter_fullres" not in sf:
+        return None
+    fullres = float(sf["spot_diameter_fullres"])
+    if not image_units:
+        return fullres
+    quality = lib.get("use_quality", "hires")
+    quality = quality.decode() if isinstance(quality, bytes) else str(quality)
+    return fullres * float(sf.get(f"tissue_{quality}_scalef", 1.0))
 
 
 def _read_elem(elem: h5py.Group | h5py.Dataset) -> Any:
@@ -96,22 +128,16 @@ class _H5Matrix:
             raise InputError(f"{self.path}: {self.key}/indptr is not a valid pointer over {n_major} "
                              f"{'rows' if major_is_row else 'columns'} and {elem['data'].shape[0]} entries")
         data, indices = elem["data"], elem["indices"]
-        m0 = 0
-        while m0 < n_major:
-            m1 = int(np.searchsorted(indptr, indptr[m0] + chunk_size, side="right")) - 1
-            m1 = min(max(m1, m0 + 1), n_major)
-            a, b = int(indptr[m0]), int(indptr[m1])
-            if b > a:
-                minor = indices[a:b].astype(np.int64)
-                bad = (minor < 0) | (minor >= n_minor)
-                if bad.any():
-                    k = int(np.argmax(bad))
-                    raise InputError(f"{self.path}: {self.key}/indices[{a + k}] = {minor[k]} is out of range "
-                                     f"0..{n_minor - 1}")
-                major = np.repeat(np.arange(m0, m1, dtype=np.int64), np.diff(indptr[m0:m1 + 1]))
-                row, gene = (major, minor) if major_is_row else (minor, major)
-                yield from self._finish(row, gene, data[a:b], obs_names, var_names)
-            m0 = m1
+        for m0, m1, a, b in pointer_ranges(indptr, chunk_size):
+            minor = indices[a:b].astype(np.int64)
+            bad = (minor < 0) | (minor >= n_minor)
+            if bad.any():
+                k = int(np.argmax(bad))
+                raise InputError(f"{self.path}: {self.key}/indices[{a + k}] = {minor[k]} is out of range "
+                                 f"0..{n_minor - 1}")
+            major = np.repeat(np.arange(m0, m1, dtype=np.int64), np.diff(indptr[m0:m1 + 1]))
+            row, gene = (major, minor) if major_is_row else (minor, major)
+            yield from self._finish(row, gene, data[a:b], obs_names, var_names)
 
     def _finish(self, row: np.ndarray, gene: np.ndarray, values: np.ndarray, obs_names: pd.Index,
                 var_names: pd.Index) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -129,9 +155,9 @@ class _H5Matrix:
             if kind == "i" and (values < 0).any():
                 k = int(np.argmax(values < 0))
                 raise InputError(f"{where(k)} is {values[k]}; integer counts must be >= 0")
-            if kind in "iu" and values.size and values.max() > _UINT32_MAX:
-                k = int(np.argmax(values > _UINT32_MAX))
-                raise InputError(f"{where(k)} is {values[k]}; counts above {_UINT32_MAX} are not supported")
+            if kind in "iu" and values.size and values.max() > COUNT_MAX:
+                k = int(np.argmax(values > COUNT_MAX))
+                raise InputError(f"{where(k)} is {values[k]}; counts above {COUNT_MAX} are not supported")
             out = values.astype(np.uint32)
         keep = out != 0
         if not keep.all():
@@ -184,11 +210,7 @@ class H5adSource(TableSource):
         if coords not in ("auto", "obsm", "imagecol"):
             raise ValueError(f"coords must be 'auto', 'obsm' or 'imagecol', not {coords!r}")
         self._spatial_key = spatial_key
-        try:
-            f = h5py.File(self.path, "r")
-        except OSError as exc:
-            raise InputError(f"{self.path}: not a readable HDF5 / h5ad file ({exc})") from None
-        with f:
+        with open_hdf5(self.path, "h5ad") as f:
             for key in ("obs", "var"):
                 if key not in f:
                     raise InputError(f"{self.path}: no {key!r} (not an AnnData file); top-level keys: {', '.join(f)}")
@@ -241,7 +263,8 @@ class H5adSource(TableSource):
 
     def _pick_coords(self, spatial: np.ndarray | None, mode: str) -> tuple[np.ndarray, str, bool]:
         """(n_obs, 2) float64 coordinates, where they came from, and whether obsm is in image-scaled pixels."""
-        has_image = {"imagecol", "imagerow"} <= set(self._obs.columns)
+        col, row = IMAGE_COLUMNS
+        has_image = {col, row} <= set(self._obs.columns)
         if spatial is not None and (spatial.ndim != 2 or spatial.shape[0] != len(self._obs) or spatial.shape[1] < 2):
             raise InputError(f"{self.path}: obsm[{self._spatial_key!r}] has shape {spatial.shape}; expected "
                              f"({len(self._obs)}, 2)")
@@ -252,8 +275,8 @@ class H5adSource(TableSource):
         if spatial is not None and mode != "imagecol":
             xy, source = spatial[:, :2].astype(np.float64), f"obsm['{self._spatial_key}']"
         elif has_image:
-            xy = np.column_stack([pd.to_numeric(self._obs["imagecol"], errors="coerce").to_numpy(dtype=np.float64),
-                                  pd.to_numeric(self._obs["imagerow"], errors="coerce").to_numpy(dtype=np.float64)])
+            xy = np.column_stack([pd.to_numeric(self._obs[col], errors="coerce").to_numpy(dtype=np.float64),
+                                  pd.to_numeric(self._obs[row], errors="coerce").to_numpy(dtype=np.float64)])
             source = "obs['imagecol'], obs['imagerow']"
         else:
             raise InputError(f"{self.path}: no coordinates: looked for obsm[{self._spatial_key!r}] and for "
@@ -265,7 +288,7 @@ class H5adSource(TableSource):
                              f"{tuple(xy[i])} (NaN coordinate)")
         obsm_scaled = False
         if source.startswith("obsm") and has_image:
-            image = self._obs[["imagecol", "imagerow"]].to_numpy(dtype=np.float64)
+            image = self._obs[list(IMAGE_COLUMNS)].to_numpy(dtype=np.float64)
             obsm_scaled = bool(np.allclose(xy, image, rtol=1e-6, atol=1e-6))
         return xy, source, obsm_scaled
 
@@ -274,26 +297,10 @@ class H5adSource(TableSource):
     def unit(self) -> str:
         return "pixel"
 
-    def _library(self) -> dict | None:
-        if not self._uns_spatial:
-            return None
-        lib = next(iter(self._uns_spatial.values()))
-        return lib if isinstance(lib, dict) else None
-
     @property
     def spot_diameter(self) -> float | None:
-        lib = self._library()
-        if lib is None:
-            return None
-        sf = lib.get("scalefactors") or {}
-        if "spot_diameter_fullres" not in sf:
-            return None
-        fullres = float(sf["spot_diameter_fullres"])
-        quality = lib.get("use_quality", "hires")
-        quality = quality.decode() if isinstance(quality, bytes) else str(quality)
-        scalef = float(sf.get(f"tissue_{quality}_scalef", 1.0))
         image_units = self._coord_source.startswith("obs[") or self._obsm_scaled
-        return fullres * scalef if image_units else fullres
+        return library_spot_diameter(self._uns_spatial, image_units)
 
     @property
     def coordinate_source(self) -> str:

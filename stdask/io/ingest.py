@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import __version__
+from .._version import __version__
 from ..progress import progress_bar
 from ..store.spill import ChunkSpill, TileSpill, csr_from_entries
 from ..store.tiling import Tiling, check_coordinates, default_tile_size, sort_order
@@ -178,6 +178,47 @@ def _check_entries(src: Source, row, gene, n_obs: int, n_vars: int) -> None:
 # ----------------------------------------------------------------------------------------------------
 # DNB record sources (GEM, GEF): square bins or cell bins
 # ----------------------------------------------------------------------------------------------------
+def _spill_records(src: Source, raw: ChunkSpill, cellbin: bool, chunk_size: int, progress: bool):
+    """First pass over a record source: spill every record to ``raw`` and gather what the binning needs.
+
+    Returns
+    -------
+    (lo, hi, cells, n_records, has_exon, dropped)
+        (2,) int64 minimum and maximum x, y of the records; for cell-bin input a DataFrame indexed by cell id
+        with the count-weighted sums ``w``, ``wx``, ``wy`` (centroid = ``wx / w``, ``wy / w``), else ``None``;
+        the number of records, whether they carry exon counts, and the records outside every cell.
+    """
+    bar = progress_bar(total=src.size_hint, desc=f"read {src.path.name}", unit="records", disable=not progress)
+    lo = np.array([np.iinfo(np.int64).max] * 2)
+    hi = np.array([np.iinfo(np.int64).min] * 2)
+    cells: pd.DataFrame | None = None
+    n_records = 0
+    has_exon = False
+    dropped = 0
+    for ch in src.iter_records(chunk_size):
+        if len(ch) == 0:
+            continue
+        n_records += len(ch)
+        if cellbin:
+            if ch.cell is None:
+                raise InputError(f"{src.path}: --cellbin needs a CellID column, and this input has none")
+            keep = ch.cell > 0
+            dropped += int((~keep).sum())
+            sub = pd.DataFrame({"cell": ch.cell[keep], "w": ch.count[keep].astype(np.float64)})
+            sub["wx"] = ch.x[keep] * sub["w"].to_numpy()
+            sub["wy"] = ch.y[keep] * sub["w"].to_numpy()
+            part = sub.groupby("cell").sum()
+            cells = part if cells is None else cells.add(part, fill_value=0.0)
+        lo = np.minimum(lo, [ch.x.min(), ch.y.min()])
+        hi = np.maximum(hi, [ch.x.max(), ch.y.max()])
+        has_exon |= ch.exon is not None
+        raw.add(x=np.asarray(ch.x, np.int64), y=np.asarray(ch.y, np.int64), gene=np.asarray(ch.gene, np.int32),
+                count=np.asarray(ch.count, np.uint32), cell=ch.cell, exon=ch.exon)
+        bar.update(len(ch))
+    bar.close()
+    return lo, hi, cells, n_records, has_exon, dropped
+
+
 def _ingest_records(src: Source, store: Path, bin_size, cellbin, tile_size, overwrite, chunk_size, spill_dir,
                     progress, prov) -> Path:
     if cellbin == (bin_size is not None):
@@ -185,36 +226,9 @@ def _ingest_records(src: Source, store: Path, bin_size, cellbin, tile_size, over
                          "or cellbin=True (--cellbin)")
     if bin_size is not None and not (isinstance(bin_size, (int, np.integer)) and 1 <= bin_size <= MAX_BIN):
         raise ValueError(f"bin_size must be an integer in 1..{MAX_BIN}, got {bin_size!r}")
-    bar = progress_bar(total=src.size_hint, desc=f"read {src.path.name}", unit="records", disable=not progress)
     raw = ChunkSpill(spill_dir)
     try:
-        lo = np.array([np.iinfo(np.int64).max] * 2)
-        hi = np.array([np.iinfo(np.int64).min] * 2)
-        cells: pd.DataFrame | None = None
-        n_records = 0
-        has_exon = False
-        dropped = 0
-        for ch in src.iter_records(chunk_size):
-            if len(ch) == 0:
-                continue
-            n_records += len(ch)
-            if cellbin:
-                if ch.cell is None:
-                    raise InputError(f"{src.path}: --cellbin needs a CellID column, and this input has none")
-                keep = ch.cell > 0
-                dropped += int((~keep).sum())
-                sub = pd.DataFrame({"cell": ch.cell[keep], "w": ch.count[keep].astype(np.float64)})
-                sub["wx"] = ch.x[keep] * sub["w"].to_numpy()
-                sub["wy"] = ch.y[keep] * sub["w"].to_numpy()
-                part = sub.groupby("cell").sum()
-                cells = part if cells is None else cells.add(part, fill_value=0.0)
-            lo = np.minimum(lo, [ch.x.min(), ch.y.min()])
-            hi = np.maximum(hi, [ch.x.max(), ch.y.max()])
-            has_exon |= ch.exon is not None
-            raw.add(x=np.asarray(ch.x, np.int64), y=np.asarray(ch.y, np.int64), gene=np.asarray(ch.gene, np.int32),
-                    count=np.asarray(ch.count, np.uint32), cell=ch.cell, exon=ch.exon)
-            bar.update(len(ch))
-        bar.close()
+        lo, hi, cells, n_records, has_exon, dropped = _spill_records(src, raw, cellbin, chunk_size, progress)
         if n_records == 0:
             raise InputError(f"{src.path}: no records")
         var = src.var

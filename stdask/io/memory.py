@@ -9,6 +9,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .base import EntryChunk, InputError, Source
+from .h5ad import IMAGE_COLUMNS, library_spot_diameter
 
 
 def _value_dtype(m) -> np.dtype:
@@ -22,24 +23,10 @@ def spatial_coords(obs: pd.DataFrame, obsm, where: str) -> np.ndarray:
         if c.ndim != 2 or c.shape[1] < 2:
             raise InputError(f"{where}: obsm['spatial'] has shape {c.shape}, expected (n_obs, 2)")
         return c[:, :2]
-    if "imagecol" in obs and "imagerow" in obs:
-        return np.column_stack([obs["imagecol"].to_numpy(np.float64), obs["imagerow"].to_numpy(np.float64)])
-    raise InputError(f"{where}: no coordinates; looked for obsm['spatial'] and obs['imagecol']/obs['imagerow']")
-
-
-def stlearn_spot_diameter(uns: dict) -> float | None:
-    """stLearn's spot diameter in image pixels: spot_diameter_fullres x tissue_<use_quality>_scalef of the first
-    library in ``uns['spatial']`` (its default CCI radius is twice this)."""
-    spatial = uns.get("spatial") if isinstance(uns, dict) else None
-    if not spatial:
-        return None
-    lib = spatial[next(iter(spatial))]
-    sf = lib.get("scalefactors", {}) if isinstance(lib, dict) else {}
-    if "spot_diameter_fullres" not in sf:
-        return None
-    quality = lib.get("use_quality", "hires")
-    scale = sf.get(f"tissue_{quality}_scalef", 1.0)
-    return float(sf["spot_diameter_fullres"]) * float(scale)
+    col, row = IMAGE_COLUMNS
+    if col in obs and row in obs:
+        return np.column_stack([obs[col].to_numpy(np.float64), obs[row].to_numpy(np.float64)])
+    raise InputError(f"{where}: no coordinates; looked for obsm['spatial'] and obs['{col}']/obs['{row}']")
 
 
 class AnnDataSource(Source):
@@ -73,7 +60,10 @@ class AnnDataSource(Source):
 
     @property
     def spot_diameter(self) -> float | None:
-        return self._spot if self._spot is not None else stlearn_spot_diameter(dict(self.adata.uns))
+        if self._spot is not None:
+            return self._spot
+        # stLearn's basis whatever the coordinates: spot_diameter_fullres x tissue_<use_quality>_scalef
+        return library_spot_diameter(self.adata.uns.get("spatial"), image_units=True)
 
     @property
     def uns(self) -> dict:

@@ -7,36 +7,41 @@ adds the locations.
 """
 from __future__ import annotations
 
-import csv
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 
-from stdask.io.base import TableSource, EntryChunk, InputError, Source, register_source
-from stdask.io.gem import (
+from stdask.io.base import COUNT_MAX, EntryChunk, InputError, TableSource, make_unique, register_source
+from stdask.io.text import (
     TextColumn,
     first_bad_line,
+    first_duplicate,
     float_column,
     int_column,
-    is_gzip,
-    make_unique,
+    match_columns,
+    read_tsv_table,
+    rows_for_barcodes,
     stream_table,
     text_lines,
 )
 
-__all__ = ["MtxSource", "TenxMtxMatrix", "read_tsv_table"]
+__all__ = ["MtxSource", "TenxMatrix", "TenxMtxMatrix", "read_locations", "MATRIX_FILES", "FEATURE_FILES",
+           "BARCODE_FILES", "LOCATION_FILES", "LOCATION_ALIASES", "GEX", "SEEKSPACE_PIXEL_SIZE"]
 
 #: SeekSpace / stLearn tutorial pixel size of the cell-location image, um per pixel.
 SEEKSPACE_PIXEL_SIZE = 0.265385
 
-_MATRIX_FILES = ("matrix.mtx.gz", "matrix.mtx")
-_FEATURE_FILES = ("features.tsv.gz", "features.tsv", "genes.tsv.gz", "genes.tsv")
-_BARCODE_FILES = ("barcodes.tsv.gz", "barcodes.tsv")
-_LOCATION_FILES = ("cell_locations.tsv", "cell_locations.tsv.gz")
-_UINT32_MAX = np.iinfo(np.uint32).max
-_GEX = "Gene Expression"
+MATRIX_FILES = ("matrix.mtx.gz", "matrix.mtx")
+FEATURE_FILES = ("features.tsv.gz", "features.tsv", "genes.tsv.gz", "genes.tsv")
+BARCODE_FILES = ("barcodes.tsv.gz", "barcodes.tsv")
+LOCATION_FILES = ("cell_locations.tsv", "cell_locations.tsv.gz")
+#: coordinate columns of the locations table (pixels; matched as written, then ignoring case)
+LOCATION_ALIASES = {"x": ("x",), "y": ("y",)}
+#: feature type of genes in features.tsv (scanpy keeps only these by default)
+GEX = "Gene Expression"
 #: field names of a matrix.mtx entry line, as errors name them
 _MTX_COLUMNS = ("row (gene) index", "column (barcode) index", "value")
 
@@ -48,27 +53,51 @@ def _find(folder: Path, names: Sequence[str]) -> Path | None:
     return None
 
 
-def read_tsv_table(path: Path, header: bool) -> pd.DataFrame:
-    """A small tab-separated table (plain or gzipped) read as strings, nothing turned into NaN."""
-    try:
-        return pd.read_csv(
-            path, sep="\t", header=0 if header else None, dtype=str, keep_default_na=False,
-            na_filter=False, quoting=csv.QUOTE_NONE, compression="gzip" if is_gzip(path) else None,
-        )
-    except pd.errors.EmptyDataError:
-        return pd.DataFrame()
-    except pd.errors.ParserError as exc:
-        raise InputError(f"{path}: {exc}") from None
-    except (EOFError, OSError) as exc:
-        raise InputError(f"{path}: truncated or corrupt gzip ({exc})") from None
+class TenxMatrix(ABC):
+    """What the two 10x matrix files (MTX folder, feature-barcode ``.h5``) share: a genes x barcodes count
+    matrix whose features are filtered to ``Gene Expression`` (scanpy's ``gex_only``) as entries stream.
+
+    Subclasses read ``barcodes`` (pd.Index), ``n_genes`` (features before the filter) and ``nnz`` at open and
+    call :meth:`_keep_features`.
+    """
+
+    barcodes: pd.Index
+    n_genes: int
+    nnz: int
+
+    def _keep_features(self, var: pd.DataFrame, types: np.ndarray, gex_only: bool, where: Path) -> None:
+        """Keep the features of ``var`` (all, or the ``Gene Expression`` ones with ``gex_only``) and map the
+        file's feature index to the kept one (``_gene_lut``, -1 = dropped)."""
+        keep = np.ones(len(var), dtype=bool)
+        if gex_only:
+            keep = types == GEX
+            if not keep.any() and len(var):
+                kinds = ", ".join(sorted(set(types)))
+                raise InputError(f"{where}: no '{GEX}' features (types: {kinds}); pass gex_only=False")
+        self._var = var[keep]
+        self._gene_lut = np.full(len(var), -1, dtype=np.int32)
+        self._gene_lut[keep] = np.arange(int(keep.sum()), dtype=np.int32)
+        self._all_kept = bool(keep.all())
+
+    @property
+    def var(self) -> pd.DataFrame:
+        """Kept features: index = unique symbols (str), columns ``gene_ids``, ``feature_types`` (and ``genome``
+        when the ``.h5`` has it)."""
+        return self._var.copy()
+
+    @abstractmethod
+    def iter_entries(self, chunk_size: int = 2_000_000) -> Iterator[EntryChunk]:
+        """Stream the matrix entries.
+
+        Yields
+        ------
+        EntryChunk
+            row (n,) int64 barcode index (0-based), gene (n,) int32 feature index (0-based, after the
+            ``gex_only`` filter), value (n,) uint32 > 0.
+        """
 
 
-def first_duplicate(index: pd.Index) -> Any:
-    """The first value that occurs a second time in ``index``."""
-    return index[index.duplicated()][0]
-
-
-class TenxMtxMatrix:
+class TenxMtxMatrix(TenxMatrix):
     """The matrix of a 10x MTX folder: genes x barcodes MatrixMarket plus its feature / barcode tables.
 
     Parameters
@@ -89,9 +118,9 @@ class TenxMtxMatrix:
 
     def __init__(self, folder: Path, *, gex_only: bool = True) -> None:
         self.folder = folder
-        matrix = _find(folder, _MATRIX_FILES)
-        features = _find(folder, _FEATURE_FILES)
-        barcodes = _find(folder, _BARCODE_FILES)
+        matrix = _find(folder, MATRIX_FILES)
+        features = _find(folder, FEATURE_FILES)
+        barcodes = _find(folder, BARCODE_FILES)
         missing = [n for n, p in (("matrix.mtx[.gz]", matrix), ("features.tsv[.gz] or genes.tsv[.gz]", features),
                                   ("barcodes.tsv[.gz]", barcodes)) if p is None]
         if missing:
@@ -109,19 +138,9 @@ class TenxMtxMatrix:
             )
         ids = feats.iloc[:, 0].to_numpy(dtype=object) if feats.shape[1] else np.array([], dtype=object)
         symbols = feats.iloc[:, 1].to_numpy(dtype=object) if feats.shape[1] > 1 else ids
-        types = feats.iloc[:, 2].to_numpy(dtype=object) if feats.shape[1] > 2 else np.full(len(ids), _GEX, dtype=object)
+        types = feats.iloc[:, 2].to_numpy(dtype=object) if feats.shape[1] > 2 else np.full(len(ids), GEX, dtype=object)
         var = pd.DataFrame({"gene_ids": ids, "feature_types": types}, index=make_unique(list(symbols)))
-        keep = np.ones(len(var), dtype=bool)
-        if gex_only:
-            keep = types == _GEX
-            if not keep.any() and len(var):
-                kinds = ", ".join(sorted(set(types)))
-                raise InputError(f"{features}: no '{_GEX}' features (types: {kinds}); pass gex_only=False")
-        self._var = var[keep]
-        # old feature index -> new (-1 = dropped by gex_only)
-        self._gene_lut = np.full(len(var), -1, dtype=np.int32)
-        self._gene_lut[keep] = np.arange(int(keep.sum()), dtype=np.int32)
-        self._all_kept = bool(keep.all())
+        self._keep_features(var, types, gex_only, features)
 
         bcs = read_tsv_table(barcodes, header=False)
         if bcs.shape[0] != self.n_barcodes:
@@ -166,19 +185,8 @@ class TenxMtxMatrix:
                 return
         raise InputError(f"{path}: no size line after the MatrixMarket header")
 
-    @property
-    def var(self) -> pd.DataFrame:
-        """Features: index = unique symbols (str), columns ``gene_ids``, ``feature_types``."""
-        return self._var.copy()
-
     def iter_entries(self, chunk_size: int = 2_000_000) -> Iterator[EntryChunk]:
-        """Stream the matrix entries.
-
-        Yields
-        ------
-        EntryChunk
-            row (n,) int64 barcode index (0-based), gene (n,) int32 feature index (0-based, after the
-            ``gex_only`` filter), value (n,) uint32 > 0.
+        """Stream the matrix entries (see :meth:`TenxMatrix.iter_entries`) from ``matrix.mtx``, line by line.
 
         Raises
         ------
@@ -232,7 +240,7 @@ class TenxMtxMatrix:
                 (real(v_null), f"{val_name} is empty or NaN"),
                 (real((gene < 1) | (gene > self.n_genes)), gene_name),
                 (real((bc < 1) | (bc > self.n_barcodes)), bc_name),
-                (real((val < 0) | (val > _UINT32_MAX)), val_name),
+                (real((val < 0) | (val > COUNT_MAX)), val_name),
                 (real(bad_value), val_name),
                 (extra, f"more entries than the {self.nnz} declared on line {self._size_line}"),
             ])
@@ -277,8 +285,8 @@ class TenxMtxMatrix:
             return f"{value} is not a whole number; counts must be integers"
         if value < 0:
             return f"is negative ({value:g}); counts must be >= 0"
-        if value > _UINT32_MAX:
-            return f"is {value:g}; counts above {_UINT32_MAX} are not supported"
+        if value > COUNT_MAX:
+            return f"is {value:g}; counts above {COUNT_MAX} are not supported"
         return None
 
 
@@ -304,23 +312,11 @@ def read_locations(path: Path, barcodes: pd.Index) -> pd.DataFrame:
                          f"{', '.join(map(str, table.columns))}")
     table.index = pd.Index(table.iloc[:, 0].to_numpy(dtype=object), dtype=object)
     table = table.iloc[:, 1:]
-    lower = {str(c).lower(): c for c in table.columns}
-    cols = {}
-    for axis in ("x", "y"):
-        if axis in table.columns:
-            cols[axis] = axis
-        elif axis in lower:
-            cols[axis] = lower[axis]
-        else:
+    cols = match_columns(list(table.columns), LOCATION_ALIASES)
+    for axis in LOCATION_ALIASES:
+        if axis not in cols:
             raise InputError(f"{path}: no {axis!r} column; columns found: {', '.join(map(str, table.columns))}")
-    if not table.index.is_unique:
-        raise InputError(f"{path}: barcode {first_duplicate(table.index)!r} appears more than once")
-    present = barcodes.isin(table.index)
-    if not present.all():
-        absent = barcodes[~present]
-        raise InputError(f"{path}: {len(absent)} of {len(barcodes)} matrix barcodes have no location, "
-                         f"e.g. {', '.join(map(repr, absent[:5]))}")
-    table = table.loc[barcodes]
+    table = rows_for_barcodes(table, barcodes, path, "location")
     out = pd.DataFrame(index=barcodes)
     for axis in ("x", "y"):
         raw = table[cols[axis]]
@@ -374,7 +370,7 @@ class MtxSource(TableSource):
 
     @classmethod
     def detect(cls, path: Path) -> bool:
-        return path.is_dir() and _find(path, _MATRIX_FILES) is not None
+        return path.is_dir() and _find(path, MATRIX_FILES) is not None
 
     def __init__(self, path: str | Path, *, locations: str | Path | None = None,
                  pixel_size: float | None = SEEKSPACE_PIXEL_SIZE, spot_diameter: float | None = None,
@@ -385,7 +381,7 @@ class MtxSource(TableSource):
             raise InputError(f"{self.path}: an MTX input is a folder (matrix.mtx, features.tsv, barcodes.tsv)")
         self._matrix = TenxMtxMatrix(self.path, gex_only=gex_only)
         if locations is None:
-            loc_path = _find(self.path, _LOCATION_FILES)
+            loc_path = _find(self.path, LOCATION_FILES)
             if loc_path is None:
                 raise InputError(f"{self.path}: no cell_locations.tsv; pass locations= the table of barcode, x, y")
         else:

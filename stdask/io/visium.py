@@ -21,21 +21,22 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from stdask.io.base import TableSource, EntryChunk, InputError, Source, register_source
-from stdask.io.gem import make_unique
-from stdask.io.mtx import TenxMtxMatrix, first_duplicate
+from stdask.io.base import COUNT_MAX, EntryChunk, InputError, TableSource, make_unique, register_source
+from stdask.io.hdf5 import decode_strings, open_hdf5, pointer_ranges
+from stdask.io.mtx import GEX, TenxMatrix, TenxMtxMatrix
+from stdask.io.text import first_duplicate, rows_for_barcodes
 
-__all__ = ["VisiumSource", "TenxH5Matrix", "read_positions"]
+__all__ = ["VisiumSource", "TenxH5Matrix", "read_positions", "POSITION_COLUMNS"]
 
-_POSITION_COLUMNS = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"]
-_UINT32_MAX = np.iinfo(np.uint32).max
+#: columns of spatial/tissue_positions.csv (the header Space Ranger >= 2 writes)
+POSITION_COLUMNS = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"]
 
 
 def _strings(dset: h5py.Dataset) -> list[str]:
-    return [v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v) for v in dset[()]]
+    return decode_strings(dset[()])
 
 
-class TenxH5Matrix:
+class TenxH5Matrix(TenxMatrix):
     """A Cell Ranger / Space Ranger feature-barcode matrix HDF5 (``matrix/``, CSC by barcode).
 
     Parameters
@@ -49,11 +50,7 @@ class TenxH5Matrix:
 
     def __init__(self, path: Path, *, gex_only: bool = True) -> None:
         self.path = path
-        try:
-            f = h5py.File(path, "r")
-        except OSError as exc:
-            raise InputError(f"{path}: not a readable HDF5 file ({exc})") from None
-        with f:
+        with open_hdf5(path) as f:
             if "matrix" not in f:
                 raise InputError(f"{path}: no 'matrix' group (only the Cell Ranger >= 3 layout is read); "
                                  f"top-level keys: {', '.join(f)}")
@@ -66,7 +63,7 @@ class TenxH5Matrix:
             feats = m["features"]
             ids = _strings(feats["id"])
             names = _strings(feats["name"]) if "name" in feats else ids
-            types = _strings(feats["feature_type"]) if "feature_type" in feats else ["Gene Expression"] * len(ids)
+            types = _strings(feats["feature_type"]) if "feature_type" in feats else [GEX] * len(ids)
             if len(ids) != n_features:
                 raise InputError(f"{path}: matrix/features has {len(ids)} features but matrix/shape says {n_features}")
             if len(self.barcodes) != n_barcodes:
@@ -90,13 +87,7 @@ class TenxH5Matrix:
         var = pd.DataFrame({"gene_ids": ids, "feature_types": types}, index=make_unique(names))
         if genome is not None:
             var["genome"] = genome
-        keep = np.asarray(types, dtype=object) == "Gene Expression" if gex_only else np.ones(len(ids), dtype=bool)
-        if gex_only and not keep.any() and len(ids):
-            raise InputError(f"{path}: no 'Gene Expression' features; pass gex_only=False")
-        self._var = var[keep]
-        self._gene_lut = np.full(len(ids), -1, dtype=np.int32)
-        self._gene_lut[keep] = np.arange(int(keep.sum()), dtype=np.int32)
-        self._all_kept = bool(keep.all())
+        self._keep_features(var, np.asarray(types, dtype=object), gex_only, path)
 
     @property
     def library_ids(self) -> list[str]:
@@ -105,57 +96,38 @@ class TenxH5Matrix:
             return []
         return [v.decode() if isinstance(v, bytes) else str(v) for v in np.atleast_1d(ids)]
 
-    @property
-    def var(self) -> pd.DataFrame:
-        return self._var.copy()
-
     def iter_entries(self, chunk_size: int = 2_000_000) -> Iterator[EntryChunk]:
-        """Stream entries by barcode ranges of about ``chunk_size`` entries.
-
-        Yields
-        ------
-        EntryChunk
-            row (n,) int64 barcode index, gene (n,) int32 feature index (after ``gex_only``),
-            value (n,) uint32 > 0.
-        """
+        """Stream the entries (see :meth:`TenxMatrix.iter_entries`) by barcode ranges of about ``chunk_size``."""
         ip = self._indptr
-        n_bc = len(ip) - 1
         with h5py.File(self.path, "r") as f:
             data, indices = f["matrix/data"], f["matrix/indices"]
-            b0 = 0
-            while b0 < n_bc:
-                # last barcode whose entries still fit (at least one barcode per chunk)
-                b1 = int(np.searchsorted(ip, ip[b0] + chunk_size, side="right")) - 1
-                b1 = min(max(b1, b0 + 1), n_bc)
-                a, b = int(ip[b0]), int(ip[b1])
-                if b > a:
-                    value = data[a:b]
-                    gene = indices[a:b].astype(np.int64)
-                    bad = (gene < 0) | (gene >= self.n_genes)
-                    if bad.any():
-                        k = int(np.argmax(bad))
-                        raise InputError(f"{self.path}: matrix/indices[{a + k}] = {gene[k]} is out of range "
-                                         f"0..{self.n_genes - 1}")
-                    if value.dtype.kind == "f":
-                        nonint = ~np.isfinite(value) | (value != np.round(value))
-                        if nonint.any():
-                            k = int(np.argmax(nonint))
-                            raise InputError(f"{self.path}: matrix/data[{a + k}] = {value[k]} is not a whole count")
-                    if value.dtype.kind in "if" and (value < 0).any():
-                        k = int(np.argmax(value < 0))
-                        raise InputError(f"{self.path}: matrix/data[{a + k}] = {value[k]}; counts must be >= 0")
-                    if value.dtype.kind in "iuf" and value.size and value.max() > _UINT32_MAX:
-                        k = int(np.argmax(value > _UINT32_MAX))
-                        raise InputError(f"{self.path}: matrix/data[{a + k}] = {value[k]} exceeds {_UINT32_MAX}")
-                    row = np.repeat(np.arange(b0, b1, dtype=np.int64), np.diff(ip[b0:b1 + 1]))
-                    keep = value > 0
-                    if not self._all_kept:
-                        keep &= self._gene_lut[gene] >= 0
-                    if not keep.all():
-                        row, gene, value = row[keep], gene[keep], value[keep]
-                    if len(row):
-                        yield EntryChunk(row=row, gene=self._gene_lut[gene], value=value.astype(np.uint32))
-                b0 = b1
+            for b0, b1, a, b in pointer_ranges(ip, chunk_size):
+                value = data[a:b]
+                gene = indices[a:b].astype(np.int64)
+                bad = (gene < 0) | (gene >= self.n_genes)
+                if bad.any():
+                    k = int(np.argmax(bad))
+                    raise InputError(f"{self.path}: matrix/indices[{a + k}] = {gene[k]} is out of range "
+                                     f"0..{self.n_genes - 1}")
+                if value.dtype.kind == "f":
+                    nonint = ~np.isfinite(value) | (value != np.round(value))
+                    if nonint.any():
+                        k = int(np.argmax(nonint))
+                        raise InputError(f"{self.path}: matrix/data[{a + k}] = {value[k]} is not a whole count")
+                if value.dtype.kind in "if" and (value < 0).any():
+                    k = int(np.argmax(value < 0))
+                    raise InputError(f"{self.path}: matrix/data[{a + k}] = {value[k]}; counts must be >= 0")
+                if value.dtype.kind in "iuf" and value.size and value.max() > COUNT_MAX:
+                    k = int(np.argmax(value > COUNT_MAX))
+                    raise InputError(f"{self.path}: matrix/data[{a + k}] = {value[k]} exceeds {COUNT_MAX}")
+                row = np.repeat(np.arange(b0, b1, dtype=np.int64), np.diff(ip[b0:b1 + 1]))
+                keep = value > 0
+                if not self._all_kept:
+                    keep &= self._gene_lut[gene] >= 0
+                if not keep.all():
+                    row, gene, value = row[keep], gene[keep], value[keep]
+                if len(row):
+                    yield EntryChunk(row=row, gene=self._gene_lut[gene], value=value.astype(np.uint32))
 
 
 def _outs_folder(path: Path) -> Path:
@@ -176,28 +148,21 @@ def read_positions(spatial: Path, barcodes: pd.Index) -> pd.DataFrame:
     new, old = spatial / "tissue_positions.csv", spatial / "tissue_positions_list.csv"
     if new.is_file():
         path, table = new, pd.read_csv(new, dtype={"barcode": str})
-        missing = [c for c in _POSITION_COLUMNS if c not in table.columns]
+        missing = [c for c in POSITION_COLUMNS if c not in table.columns]
         if missing:
             raise InputError(f"{path}: no column(s) {', '.join(missing)}; columns found: {', '.join(table.columns)}")
     elif old.is_file():
         path, table = old, pd.read_csv(old, header=None, dtype={0: str})
         if table.shape[1] != 6:
-            raise InputError(f"{path}: {table.shape[1]} columns; expected 6 ({', '.join(_POSITION_COLUMNS)})")
-        table.columns = _POSITION_COLUMNS
+            raise InputError(f"{path}: {table.shape[1]} columns; expected 6 ({', '.join(POSITION_COLUMNS)})")
+        table.columns = POSITION_COLUMNS
     else:
         raise InputError(f"{spatial}: no tissue_positions.csv or tissue_positions_list.csv")
     table = table.set_index("barcode")
     table.index = pd.Index(table.index.astype(str), dtype=object)
-    if not table.index.is_unique:
-        raise InputError(f"{path}: barcode {first_duplicate(table.index)!r} appears more than once")
-    present = barcodes.isin(table.index)
-    if not present.all():
-        absent = barcodes[~present]
-        raise InputError(f"{path}: {len(absent)} of {len(barcodes)} matrix barcodes have no position, "
-                         f"e.g. {', '.join(map(repr, absent[:5]))}")
-    table = table.loc[barcodes]
+    table = rows_for_barcodes(table, barcodes, path, "position")
     out = pd.DataFrame(index=barcodes)
-    for col in _POSITION_COLUMNS[1:]:
+    for col in POSITION_COLUMNS[1:]:
         num = pd.to_numeric(table[col], errors="coerce").to_numpy(dtype=np.float64)
         bad = ~np.isfinite(num)
         if bad.any():

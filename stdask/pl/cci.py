@@ -11,8 +11,8 @@ import warnings
 
 import numpy as np
 
-from ._data import as_plotdata
-from ._save import finish, new_figure
+from .plotdata import as_plotdata
+from .figures import finish, new_figure
 
 _SUMMARY_Y = ("n_spots", "n_spots_sig", "n_spots_sig_pval")
 

@@ -16,8 +16,8 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from ._data import MissingResultError, as_plotdata
-from ._save import finish, new_figure
+from .plotdata import MissingResultError, as_plotdata
+from .figures import finish, new_figure
 
 _GREY = (0.7, 0.7, 0.7, 0.4)
 

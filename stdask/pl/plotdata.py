@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import functools
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
+from ..tl.cci.interaction_result import CCIInteractions
 
 #: stLearn's five (n_obs, n_lr) per-cell result matrices
 STLEARN_RESULTS = ("lr_scores", "p_vals", "p_adjs", "-log10(p_adjs)", "lr_sig_scores")
@@ -33,88 +34,6 @@ class MissingResultError(KeyError):
 
     def __str__(self) -> str:  # KeyError would print the message with quotes
         return str(self.args[0]) if self.args else ""
-
-
-@dataclass
-class Interactions:
-    """Cell-type x cell-type interaction counts of :func:`run_cci` for one label.
-
-    Attributes
-    ----------
-    label
-        The ``use_label`` they were computed with.
-    lrs
-        (n_lr,) object array of the tested LR names (the keys of stLearn's ``per_lr_cci_<label>``).
-    types
-        (T,) object array of type names (rows = sender, columns = receiver).
-    raw, sig
-        (n_lr, T, T) int64 counts M and significant counts sig_M (``None`` when not stored).
-    pvals
-        (n_lr, T, T) float64 permutation p-values (``None`` when not stored).
-    stale
-        True when ``adj_pvals`` changed the significance calls after ``run_cci`` ran.
-    """
-
-    label: str
-    lrs: np.ndarray
-    types: np.ndarray
-    raw: np.ndarray | None
-    sig: np.ndarray | None
-    pvals: np.ndarray | None
-    stale: bool = False
-    n_perms: int | None = None
-    p_cutoff: float | None = None
-
-    @functools.cached_property
-    def _pos(self) -> dict:
-        return {lr: i for i, lr in enumerate(self.lrs)}
-
-    def index(self, lr: str) -> int:
-        """Position of ``lr``; raises like stLearn when ``run_cci`` did not test it."""
-        try:
-            return self._pos[lr]
-        except KeyError:
-            raise MissingResultError(
-                f"no significant interactions for LR {lr!r}: it is not in per_lr_cci_{self.label} (run_cci tests "
-                f"only LRs with n_spots_sig > min_spots; {len(self.lrs)} LRs were tested)") from None
-
-    def counts(self, sig: bool = True) -> np.ndarray:
-        """(n_lr, T, T) sig_M (``sig=True``) or M."""
-        arr = self.sig if sig else self.raw
-        if arr is None:
-            name = f"per_lr_cci_{self.label}" if sig else f"per_lr_cci_raw_{self.label}"
-            raise MissingResultError(f"{name} is not stored; use sig_interactions={not sig}")
-        return arr
-
-    def matrix(self, lr: str, sig: bool = True) -> pd.DataFrame:
-        """T x T DataFrame of one LR (index = sender, columns = receiver)."""
-        return pd.DataFrame(self.counts(sig)[self.index(lr)], index=pd.Index(self.types),
-                            columns=pd.Index(self.types))
-
-    def per_lr(self, kind: str = "sig") -> dict[str, pd.DataFrame]:
-        """stLearn's dict ``per_lr_cci_<label>`` (kind ``'sig'``), ``per_lr_cci_raw_`` (``'raw'``) or
-        ``per_lr_cci_pvals_`` (``'pvals'``): LR -> T x T DataFrame."""
-        arr = {"sig": self.sig, "raw": self.raw, "pvals": self.pvals}[kind]
-        if arr is None:
-            raise MissingResultError(f"per-LR {kind} interactions are not stored for label {self.label!r}")
-        idx = pd.Index(self.types)
-        return {lr: pd.DataFrame(arr[i], index=idx, columns=idx.copy()) for i, lr in enumerate(self.lrs)}
-
-
-def _strs(a) -> np.ndarray:
-    return np.asarray([str(x) for x in np.asarray(a).ravel()], dtype=object)
-
-
-def _stack(d: dict, types: np.ndarray, dtype) -> np.ndarray:
-    """(n_lr, T, T) array of stLearn's per-LR DataFrames, each aligned to ``types``."""
-    out = np.zeros((len(d), len(types), len(types)), dtype=dtype)
-    idx = pd.Index(types)
-    for i, v in enumerate(d.values()):
-        v = pd.DataFrame(v)
-        if not (v.index.equals(idx) and v.columns.equals(idx)):
-            v = v.rename(index=str, columns=str).reindex(index=idx, columns=idx, fill_value=0)
-        out[i] = v.to_numpy()
-    return out
 
 
 class PlotData:
@@ -191,8 +110,7 @@ class PlotData:
     def uns_keys(self) -> list[str]:
         if self.kind == "anndata":
             return list(self.data.uns.keys())
-        keys = list(self.data.store.table["uns"].keys()) if "uns" in self.data.store.table else []
-        return keys + [k for (slot, k) in self.data.pending if slot == "uns" and k not in keys]
+        return self.data.result_keys("uns")
 
     def has_uns(self, key: str) -> bool:
         if self.kind == "anndata":
@@ -213,24 +131,21 @@ class PlotData:
 
     # ---- LR hotspot results (run) ------------------------------------------------------------------------
     def lr_summary(self) -> pd.DataFrame:
-        if not self.has_uns("lr_summary"):
-            raise MissingResultError("no LR hotspot results (uns['lr_summary']): run stdask.tl.cci.run(data, lrs) "
-                                     "first (stLearn: st.tl.cci.run)")
-        if "lr_summary" not in self._cache:
-            s = pd.DataFrame(self.uns("lr_summary")).copy()
-            s.index = pd.Index([str(i) for i in s.index], dtype=object)
-            self._cache["lr_summary"] = s
-        return self._cache["lr_summary"]
+        return self._run_table("lr_summary", "LR hotspot results")
 
     def lrfeatures(self) -> pd.DataFrame:
-        if not self.has_uns("lrfeatures"):
-            raise MissingResultError("no LR expression features (uns['lrfeatures']): run stdask.tl.cci.run(data, lrs) "
+        return self._run_table("lrfeatures", "LR expression features")
+
+    def _run_table(self, key: str, what: str) -> pd.DataFrame:
+        """``uns[key]``, a per-LR table written by ``stdask.tl.cci.run``, as a DataFrame indexed by str."""
+        if not self.has_uns(key):
+            raise MissingResultError(f"no {what} (uns['{key}']): run stdask.tl.cci.run(data, lrs) "
                                      "first (stLearn: st.tl.cci.run)")
-        if "lrfeatures" not in self._cache:
-            f = pd.DataFrame(self.uns("lrfeatures")).copy()
-            f.index = pd.Index([str(i) for i in f.index], dtype=object)
-            self._cache["lrfeatures"] = f
-        return self._cache["lrfeatures"]
+        if key not in self._cache:
+            table = pd.DataFrame(self.uns(key)).copy()
+            table.index = pd.Index([str(i) for i in table.index], dtype=object)
+            self._cache[key] = table
+        return self._cache[key]
 
     def lr_position(self, lr: str) -> int:
         lrs = self.lr_summary().index
@@ -248,30 +163,12 @@ class PlotData:
         ``fill`` where no entry is stored."""
         if ("obsm", key) in self.data.pending:
             return _column(sp.csr_matrix(self.data.get_result("obsm", key)), j, fill)
-        g = self.data.store.table["obsm"][key]
-        if g.attrs.get("encoding-type") != "csr_matrix":
-            col = np.asarray(g[:, j], dtype=np.float64)
-            return col.toarray().ravel() if sp.issparse(col) else col.ravel()
-        indptr = g["indptr"]
-        n = indptr.shape[0] - 1
-        out = np.full(n, fill, dtype=np.float64)
-        for a in range(0, n, rows_per_read):
-            b = min(n, a + rows_per_read)
-            ip = np.asarray(indptr[a : b + 1], dtype=np.int64)
-            lo, hi = int(ip[0]), int(ip[-1])
-            if hi == lo:
-                continue
-            hit = np.flatnonzero(np.asarray(g["indices"][lo:hi]) == j)
-            if len(hit):
-                rows = np.searchsorted(ip, hit + lo, side="right") - 1
-                out[a + rows] = np.asarray(g["data"][lo:hi])[hit]
-        return out
+        return self.data.result_column("obsm", key, j, fill, rows_per_read)
 
     def _has_obsm(self, key: str) -> bool:
         if self.kind == "anndata":
             return key in self.data.obsm
-        stored = "obsm" in self.data.store.table and key in self.data.store.table["obsm"]
-        return stored or ("obsm", key) in self.data.pending
+        return self.data.has_result("obsm", key)
 
     def _obsm_column(self, key: str, j: int) -> np.ndarray:
         m = self.data.obsm[key] if self.kind == "anndata" else self.data.get_result("obsm", key)
@@ -382,31 +279,19 @@ class PlotData:
                                      "first (stLearn: st.tl.cci.run_cci)")
         raise ValueError(f"results exist for several labels {labels}; pass use_label=")
 
-    def interactions(self, use_label: str | None = None) -> Interactions:
+    def interactions(self, use_label: str | None = None) -> CCIInteractions:
         label = self.resolve_label(use_label)
         key = ("interactions", label)
         if key in self._cache:
             return self._cache[key]
         stored = self.uns(f"cci_interactions_{label}", None)
+        summary = self.uns("lr_summary", None)
         if stored is not None:
-            d = dict(stored)
-            types, lrs = _strs(d["types"]), _strs(d["lrs"])
-            shape = (len(lrs), len(types), len(types))  # an empty array may come back without its shape
-            it = Interactions(label, lrs, types,
-                              _arr(d.get("raw"), np.int64, shape), _arr(d.get("sig"), np.int64, shape),
-                              _arr(d.get("pvals"), np.float64, shape), bool(d.get("stale", False)),
-                              _opt(d.get("n_perms"), int), _opt(d.get("p_cutoff"), float))
+            it = CCIInteractions.from_dict(label, dict(stored), summary)
         elif self.has_uns(f"per_lr_cci_{label}") or self.has_uns(f"per_lr_cci_raw_{label}"):
-            sig = self.uns(f"per_lr_cci_{label}", None)
-            raw = self.uns(f"per_lr_cci_raw_{label}", None)
-            pv = self.uns(f"per_lr_cci_pvals_{label}", None)
-            first = next(iter(d for d in (sig, raw, pv) if d is not None))
-            lrs = _strs(list(first.keys()))
-            types = _strs(pd.DataFrame(next(iter(first.values()))).index) if len(first) else np.empty(0, object)
-            it = Interactions(label, lrs, types,
-                              None if raw is None else _stack({k: raw[k] for k in lrs}, types, np.int64),
-                              None if sig is None else _stack({k: sig[k] for k in lrs}, types, np.int64),
-                              None if pv is None else _stack({k: pv[k] for k in lrs}, types, np.float64))
+            it = CCIInteractions.from_stlearn(label, self.uns(f"per_lr_cci_{label}", None),
+                                              self.uns(f"per_lr_cci_raw_{label}", None),
+                                              self.uns(f"per_lr_cci_pvals_{label}", None), summary)
         else:
             raise MissingResultError(f"no cell-type interaction results for use_label={label!r}: run "
                                      f"stdask.tl.cci.run_cci(data, {label!r}) first (stLearn: st.tl.cci.run_cci)")
@@ -434,13 +319,23 @@ class PlotData:
             df = self.uns(key, None)
             if df is None:
                 it = self.interactions(label)
-                df = pd.DataFrame(it.counts(sig_interactions).sum(axis=0), index=pd.Index(it.types),
+                df = pd.DataFrame(_found(it.counts, sig_interactions).sum(axis=0), index=pd.Index(it.types),
                                   columns=pd.Index(it.types))
             df = pd.DataFrame(df).rename(index=str, columns=str)
         else:
-            df = self.interactions(label).matrix(lr, sig_interactions)
+            df = _found(self.interactions(label).matrix, lr, sig_interactions)
         order = self.type_order(label, df.index)
         return df.reindex(index=order, columns=order, fill_value=0)
+
+
+def _found(read, *args):
+    """``read(*args)``, with the ``KeyError`` of a result that is not stored raised as :class:`MissingResultError`."""
+    try:
+        return read(*args)
+    except MissingResultError:
+        raise
+    except KeyError as exc:
+        raise MissingResultError(exc.args[0] if exc.args else "") from None
 
 
 def _column(m: sp.csr_matrix, j: int, fill: float) -> np.ndarray:
@@ -448,17 +343,6 @@ def _column(m: sp.csr_matrix, j: int, fill: float) -> np.ndarray:
     out = np.full(m.shape[0], fill, dtype=np.float64)
     out[c.row] = c.data
     return out
-
-
-def _arr(v, dtype, shape=None):
-    if v is None:
-        return None
-    a = np.asarray(v).astype(dtype)
-    return a.reshape(shape) if shape is not None else a
-
-
-def _opt(v, f):
-    return None if v is None else f(v)
 
 
 def _to_rgba(c):

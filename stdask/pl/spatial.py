@@ -9,12 +9,13 @@ cost a few numpy passes and one ``imshow``, never one marker per cell.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from ._data import STLEARN_RESULTS, MissingResultError, PlotData, as_plotdata, palette
-from ._save import finish, new_figure
+from .plotdata import STLEARN_RESULTS, MissingResultError, PlotData, as_plotdata, palette
+from .figures import finish, new_figure
 
 #: above this many cells, ``spatial`` bins to a pixel grid instead of drawing markers
 MAX_SCATTER = 50_000
@@ -207,24 +208,80 @@ def spatial(data, color=None, *, use_result: str = "lr_sig_scores", layer: str |
     matplotlib Figure; ``fig.stdask_data`` holds ``mode`` ('scatter' or 'raster'), ``values`` kind and, for
     a raster, the pixel side in coordinate units.
     """
-    import matplotlib
-    from matplotlib.lines import Line2D
-
-    if isinstance(data, np.ndarray):
-        pdata, xy = None, np.asarray(data, dtype=np.float64)
-        if xy.ndim != 2 or xy.shape[1] < 2:
-            raise ValueError(f"coordinates must be (n, 2), got shape {xy.shape}")
-        xy = xy[:, :2]
-        unit = ""
-    else:
-        pdata = as_plotdata(data)
-        xy, unit = pdata.coords, pdata.unit
+    pdata, xy, unit = _coordinates(data)
     n = len(xy)
     values, kind, name = _values(pdata, n, color, use_result, layer)
     img = _load_image(image, pdata)
 
     fig = new_figure(figsize, dpi, show)
     ax = fig.add_axes(_AX_RECT)
+    frame = _frame(xy, size, pdata, fig)
+    if img is not None:
+        x0, x1, y0, y1 = extent if extent is not None else (0.0, float(img.shape[1]), 0.0, float(img.shape[0]))
+        ax.imshow(img, extent=(x0, x1, y1, y0), origin="upper", alpha=image_alpha, zorder=0,
+                  interpolation="bilinear")
+
+    mode = "raster" if (raster if raster is not None else n > max_scatter) else "scatter"
+    info = {"mode": mode, "kind": kind, "n": n, "name": name}
+    pal = None
+    if kind == "categorical":
+        pal = _category_colours(values, color, colors, pdata, na_color)
+        info["categories"] = pal.cats
+    norm = _numeric_norm(values, vmin, vmax) if kind == "numeric" else None
+    if mode == "scatter":
+        mappable = _draw_scatter(ax, fig, xy, values, kind, frame, pal, norm, cmap, alpha, na_color)
+    else:
+        mappable, grid_shape = _draw_raster(ax, xy, values, kind, frame, pal, norm, cmap, alpha, agg)
+        info.update(pixel=frame.px, grid_shape=grid_shape)
+
+    ax.set_xlim(frame.lo[0], frame.hi[0])
+    ax.set_ylim((frame.hi[1], frame.lo[1]) if invert_y else (frame.lo[1], frame.hi[1]))
+    ax.set_aspect("equal", adjustable="box")
+    ax.set_xlabel(f"x ({unit})" if unit else "x")
+    ax.set_ylabel(f"y ({unit})" if unit else "y")
+    ax.tick_params(labelsize=7)
+    if kind == "categorical":
+        _legend(ax, pal, color)
+    elif kind == "numeric":
+        if colorbar_label is None:
+            colorbar_label = (use_result if name == f"{color}: {use_result}" else color) if isinstance(color, str) \
+                else ""
+        _colorbar(fig, mappable, norm, cmap, colorbar_label)
+    ax.set_title(title if title is not None else name, fontsize=10)
+    fig.stdask_data = info
+    return finish(fig, save, show)
+
+
+def _coordinates(data) -> tuple[PlotData | None, np.ndarray, str]:
+    """(plot data or ``None`` for a coordinate array, (n, 2) float64 x, y, unit)."""
+    if isinstance(data, np.ndarray):
+        xy = np.asarray(data, dtype=np.float64)
+        if xy.ndim != 2 or xy.shape[1] < 2:
+            raise ValueError(f"coordinates must be (n, 2), got shape {xy.shape}")
+        return None, xy[:, :2], ""
+    pdata = as_plotdata(data)
+    return pdata, pdata.coords, pdata.unit
+
+
+class _Frame(NamedTuple):
+    """What the main axes show: padded data limits and their scale on screen."""
+
+    finite: np.ndarray  # (n,) bool: cells with finite coordinates
+    lo: np.ndarray  # (2,) lower x, y limits, data units (padded by one cell diameter)
+    hi: np.ndarray  # (2,) upper limits
+    diam: float  # cell diameter, data units
+    W: float  # main axes width, screen pixels
+    H: float  # main axes height, screen pixels
+    px: float  # data units per screen pixel (equal aspect)
+
+    @property
+    def span(self) -> np.ndarray:
+        return self.hi - self.lo
+
+
+def _frame(xy: np.ndarray, size: float | None, pdata: PlotData | None, fig) -> _Frame:
+    """The :class:`_Frame` of cells ``xy`` of diameter ``size`` (default: the spot diameter when known,
+    else the typical spacing) in the main axes of ``fig``."""
     finite = np.isfinite(xy).all(axis=1)
     if not finite.any():
         raise ValueError("no cell has finite coordinates")
@@ -240,102 +297,118 @@ def spatial(data, color=None, *, use_result: str = "lr_sig_scores", layer: str |
     span = hi - lo
     W = _AX_RECT[2] * fig.get_figwidth() * fig.dpi
     H = _AX_RECT[3] * fig.get_figheight() * fig.dpi
-    px = max(span[0] / W, span[1] / H)  # data units per screen pixel (equal aspect)
+    return _Frame(finite, lo, hi, diam, W, H, max(span[0] / W, span[1] / H))
 
-    if img is not None:
-        x0, x1, y0, y1 = extent if extent is not None else (0.0, float(img.shape[1]), 0.0, float(img.shape[0]))
-        ax.imshow(img, extent=(x0, x1, y1, y0), origin="upper", alpha=image_alpha, zorder=0,
-                  interpolation="bilinear")
 
-    mode = "raster" if (raster if raster is not None else n > max_scatter) else "scatter"
-    info = {"mode": mode, "kind": kind, "n": n, "name": name}
-    if kind == "categorical":
-        cats = list(values.categories)
-        if colors is None:
-            cols = pdata.label_colors(color if isinstance(color, str) else None, cats) if pdata is not None \
-                else palette(len(cats))
-        elif isinstance(colors, dict):
-            cols = [matplotlib.colors.to_rgba(colors.get(c, na_color)) for c in cats]
-        else:
-            cols = [matplotlib.colors.to_rgba(c) for c in colors]
-        lut = np.asarray(cols + [matplotlib.colors.to_rgba(na_color)], dtype=np.float64)
-        codes = np.asarray(values.codes, dtype=np.int64)
-        info["categories"] = cats
-    norm = None
-    if kind == "numeric":
-        fin = values[np.isfinite(values)]
-        lo_v = vmin if vmin is not None else (float(fin.min()) if len(fin) else 0.0)
-        hi_v = vmax if vmax is not None else (float(fin.max()) if len(fin) else 1.0)
-        if hi_v <= lo_v:
-            hi_v = lo_v + 1.0
-        norm = matplotlib.colors.Normalize(lo_v, hi_v)
+class _Palette(NamedTuple):
+    """Colours of a categorical value."""
 
-    mappable = None
-    if mode == "scatter":
-        pts = (W / span[0] if span[0] / W >= span[1] / H else H / span[1]) * 72.0 / fig.dpi  # points per unit
-        s = float(np.clip((diam * pts) ** 2, 0.05, 400.0))
-        if kind == "categorical":
-            c = lut[np.where(codes >= 0, codes, len(lut) - 1)]
-            ax.scatter(xy[:, 0], xy[:, 1], c=c, s=s, marker="o", linewidths=0, rasterized=True, alpha=alpha,
-                       zorder=1)
-        elif kind == "numeric":
-            nan = ~np.isfinite(values)
-            if nan.any():
-                ax.scatter(xy[nan, 0], xy[nan, 1], color=na_color, s=s, linewidths=0, rasterized=True, zorder=1)
-            order = np.argsort(values[~nan], kind="stable")  # high values on top
-            mappable = ax.scatter(xy[~nan][order, 0], xy[~nan][order, 1], c=values[~nan][order], cmap=cmap,
-                                  norm=norm, s=s, linewidths=0, rasterized=True, alpha=alpha, zorder=1)
-        else:
-            ax.scatter(xy[:, 0], xy[:, 1], color="0.3", s=s, linewidths=0, rasterized=True, alpha=alpha, zorder=1)
+    cats: list  # category names
+    cols: list  # one RGBA colour per category
+    lut: np.ndarray  # (n_cats + 1, 4) float64 colours, the last one for missing values
+    codes: np.ndarray  # (n,) int64 category of each cell (-1: missing)
+
+
+def _category_colours(values: pd.Categorical, color, colors, pdata: PlotData | None, na_color) -> _Palette:
+    """The :class:`_Palette` of ``values``: ``colors`` (a list in category order or a dict), else the
+    dataset's ``uns['<label>_colors']`` or a palette."""
+    import matplotlib
+
+    cats = list(values.categories)
+    if colors is None:
+        cols = pdata.label_colors(color if isinstance(color, str) else None, cats) if pdata is not None \
+            else palette(len(cats))
+    elif isinstance(colors, dict):
+        cols = [matplotlib.colors.to_rgba(colors.get(c, na_color)) for c in cats]
     else:
-        nx, ny = max(1, int(np.ceil(span[0] / px))), max(1, int(np.ceil(span[1] / px)))
-        radius = float(np.clip(0.5 * diam / px, 1.0, 8.0))  # >= 1 px: no pinholes between dense cells
-        ext = (lo[0], lo[1], px, px)
-        xyf = xy[finite]
-        if kind == "categorical":
-            g = rasterize(xyf, codes[finite], "categorical", extent=ext, shape=(ny, nx), radius_px=radius)
-            rgba = lut[np.where(g >= 0, g, len(lut) - 1)]
-            rgba[..., 3] = np.where(g >= 0, alpha * lut[np.maximum(g, 0), 3], 0.0)
-            ax.imshow(rgba, extent=(lo[0], lo[0] + nx * px, lo[1] + ny * px, lo[1]), origin="upper",
-                      interpolation="nearest", zorder=1)
-        else:
-            vals = values[finite] if kind == "numeric" else np.zeros(int(finite.sum()))
-            g = rasterize(xyf, vals, "numeric", extent=ext, shape=(ny, nx), agg=agg, radius_px=radius)
-            if kind == "numeric":
-                mappable = ax.imshow(g, extent=(lo[0], lo[0] + nx * px, lo[1] + ny * px, lo[1]), origin="upper",
-                                     interpolation="nearest", cmap=cmap, norm=norm, alpha=alpha, zorder=1)
-            else:
-                grey = np.zeros(g.shape + (4,))
-                grey[..., :3] = 0.3
-                grey[..., 3] = np.where(np.isfinite(g), alpha, 0.0)
-                ax.imshow(grey, extent=(lo[0], lo[0] + nx * px, lo[1] + ny * px, lo[1]), origin="upper",
-                          interpolation="nearest", zorder=1)
-        info.update(pixel=px, grid_shape=(ny, nx))
+        cols = [matplotlib.colors.to_rgba(c) for c in colors]
+    lut = np.asarray(cols + [matplotlib.colors.to_rgba(na_color)], dtype=np.float64)
+    return _Palette(cats, cols, lut, np.asarray(values.codes, dtype=np.int64))
 
-    ax.set_xlim(lo[0], hi[0])
-    ax.set_ylim((hi[1], lo[1]) if invert_y else (lo[1], hi[1]))
-    ax.set_aspect("equal", adjustable="box")
-    ax.set_xlabel(f"x ({unit})" if unit else "x")
-    ax.set_ylabel(f"y ({unit})" if unit else "y")
-    ax.tick_params(labelsize=7)
+
+def _numeric_norm(values: np.ndarray, vmin: float | None, vmax: float | None):
+    """Colour normalisation from ``vmin`` / ``vmax``, else the finite values' range (never empty)."""
+    import matplotlib
+
+    fin = values[np.isfinite(values)]
+    lo_v = vmin if vmin is not None else (float(fin.min()) if len(fin) else 0.0)
+    hi_v = vmax if vmax is not None else (float(fin.max()) if len(fin) else 1.0)
+    if hi_v <= lo_v:
+        hi_v = lo_v + 1.0
+    return matplotlib.colors.Normalize(lo_v, hi_v)
+
+
+def _draw_scatter(ax, fig, xy: np.ndarray, values, kind: str, frame: _Frame, pal: _Palette | None, norm, cmap: str,
+                  alpha: float, na_color):
+    """One rasterised marker per cell, sized to the cell diameter; returns the numeric mappable (or ``None``)."""
+    span, W, H = frame.span, frame.W, frame.H
+    pts = (W / span[0] if span[0] / W >= span[1] / H else H / span[1]) * 72.0 / fig.dpi  # points per unit
+    s = float(np.clip((frame.diam * pts) ** 2, 0.05, 400.0))
     if kind == "categorical":
-        handles = [Line2D([], [], marker="o", ls="", color=cols[i], label=str(c)) for i, c in enumerate(cats)]
-        ncol = max(1, int(np.ceil(len(cats) / 25)))
-        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False,
-                  ncol=ncol, markerscale=1.2, title=color if isinstance(color, str) else None, title_fontsize=8)
+        c = pal.lut[np.where(pal.codes >= 0, pal.codes, len(pal.lut) - 1)]
+        ax.scatter(xy[:, 0], xy[:, 1], c=c, s=s, marker="o", linewidths=0, rasterized=True, alpha=alpha, zorder=1)
     elif kind == "numeric":
-        if mappable is None:
-            mappable = matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap)
-        cax = fig.add_axes(_CB_RECT)
-        cb = fig.colorbar(mappable, cax=cax)
-        cb.ax.tick_params(labelsize=7)
-        if colorbar_label is None:
-            colorbar_label = (use_result if name == f"{color}: {use_result}" else color) if isinstance(color, str) \
-                else ""
-        cb.set_label(colorbar_label, fontsize=8)
-    ax.set_title(title if title is not None else name, fontsize=10)
-    fig.stdask_data = info
-    return finish(fig, save, show)
+        nan = ~np.isfinite(values)
+        if nan.any():
+            ax.scatter(xy[nan, 0], xy[nan, 1], color=na_color, s=s, linewidths=0, rasterized=True, zorder=1)
+        order = np.argsort(values[~nan], kind="stable")  # high values on top
+        return ax.scatter(xy[~nan][order, 0], xy[~nan][order, 1], c=values[~nan][order], cmap=cmap,
+                          norm=norm, s=s, linewidths=0, rasterized=True, alpha=alpha, zorder=1)
+    else:
+        ax.scatter(xy[:, 0], xy[:, 1], color="0.3", s=s, linewidths=0, rasterized=True, alpha=alpha, zorder=1)
+    return None
+
+
+def _draw_raster(ax, xy: np.ndarray, values, kind: str, frame: _Frame, pal: _Palette | None, norm, cmap: str,
+                 alpha: float, agg: str):
+    """The cells binned to screen pixels and drawn as one image; returns (numeric mappable or ``None``,
+    (ny, nx) grid shape)."""
+    lo, span, px, finite = frame.lo, frame.span, frame.px, frame.finite
+    nx, ny = max(1, int(np.ceil(span[0] / px))), max(1, int(np.ceil(span[1] / px)))
+    radius = float(np.clip(0.5 * frame.diam / px, 1.0, 8.0))  # >= 1 px: no pinholes between dense cells
+    ext = (lo[0], lo[1], px, px)
+    shown = (lo[0], lo[0] + nx * px, lo[1] + ny * px, lo[1])
+    xyf = xy[finite]
+    mappable = None
+    if kind == "categorical":
+        g = rasterize(xyf, pal.codes[finite], "categorical", extent=ext, shape=(ny, nx), radius_px=radius)
+        rgba = pal.lut[np.where(g >= 0, g, len(pal.lut) - 1)]
+        rgba[..., 3] = np.where(g >= 0, alpha * pal.lut[np.maximum(g, 0), 3], 0.0)
+        ax.imshow(rgba, extent=shown, origin="upper", interpolation="nearest", zorder=1)
+    else:
+        vals = values[finite] if kind == "numeric" else np.zeros(int(finite.sum()))
+        g = rasterize(xyf, vals, "numeric", extent=ext, shape=(ny, nx), agg=agg, radius_px=radius)
+        if kind == "numeric":
+            mappable = ax.imshow(g, extent=shown, origin="upper", interpolation="nearest", cmap=cmap, norm=norm,
+                                 alpha=alpha, zorder=1)
+        else:
+            grey = np.zeros(g.shape + (4,))
+            grey[..., :3] = 0.3
+            grey[..., 3] = np.where(np.isfinite(g), alpha, 0.0)
+            ax.imshow(grey, extent=shown, origin="upper", interpolation="nearest", zorder=1)
+    return mappable, (ny, nx)
+
+
+def _legend(ax, pal: _Palette, color) -> None:
+    """Category legend right of the main axes (25 entries per column)."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker="o", ls="", color=pal.cols[i], label=str(c)) for i, c in enumerate(pal.cats)]
+    ncol = max(1, int(np.ceil(len(pal.cats) / 25)))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False,
+              ncol=ncol, markerscale=1.2, title=color if isinstance(color, str) else None, title_fontsize=8)
+
+
+def _colorbar(fig, mappable, norm, cmap: str, label: str) -> None:
+    """Colour bar of a numeric value (of ``norm`` and ``cmap`` when nothing drawn carries them)."""
+    import matplotlib
+
+    if mappable is None:
+        mappable = matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap)
+    cax = fig.add_axes(_CB_RECT)
+    cb = fig.colorbar(mappable, cax=cax)
+    cb.ax.tick_params(labelsize=7)
+    cb.set_label(label, fontsize=8)
 
 
 def lr_result_plot(data, lr: str, use_result: str = "lr_sig_scores", *, cmap: str = "Spectral_r", agg: str = "max",

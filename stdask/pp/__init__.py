@@ -12,7 +12,7 @@ matrices; ``ds.write()`` stores everything). The default chain::
     stdask.pp.neighbors(ds)                    # -> obsp["distances"], obsp["connectivities"]
     stdask.pp.leiden(ds)                       # -> obs["leiden"]
 """
-from .cluster import leiden, louvain
+from .clustering import leiden, louvain
 from .filter import filter_cells, filter_genes, subset
 from .hvg import highly_variable_genes
 from .neighbors import neighbors

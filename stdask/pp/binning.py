@@ -27,7 +27,6 @@ import pandas as pd
 from ..dataset import SpatialDataset
 from ..gr.neighbors import BINNING_KEY  # uns key of the pitch, which spatial_neighbors(distance=None) reports
 from ..io.base import EntryChunk, Source
-from ..store.reader import read_elem
 
 
 def bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -75,7 +74,7 @@ class BinnedSource(Source):
         self.layer = layer
         self._uns = dict(uns or {})
         self._obsm = dict(obsm or {})
-        dtype = ds.store._csr_group(layer)["data"].dtype  # KeyError names the available matrices
+        dtype = ds.matrix_info(layer).dtype  # KeyError names the available matrices
         self._dtype = np.dtype(np.uint32) if dtype.kind in "ui" else np.dtype(np.float32)
 
     @property
@@ -113,7 +112,7 @@ class BinnedSource(Source):
 
     @property
     def size_hint(self) -> int | None:
-        return int(self.ds.store._csr_group(self.layer)["indptr"][-1])
+        return int(self.ds.matrix_info(self.layer).nnz)
 
     def iter_entries(self, chunk_size: int = 2_000_000) -> Iterator[EntryChunk]:
         """The input's non-zero entries tile group by tile group, each row replaced by its bin."""
@@ -233,12 +232,11 @@ def aggregate(ds: SpatialDataset, cell_bin: np.ndarray, n_bins: int, names_of, c
         obsm[f"{use_label}_fractions"] = frac
         uns[use_label] = table
         info["label_columns"] = np.asarray(columns, dtype=object)
-        stored = ds.store.table["uns"]
-        if f"{use_label}_colors" in stored:
-            uns[f"{use_label}_colors"] = read_elem(stored, f"{use_label}_colors")
-    if "spatial" in ds.store.table["uns"]:
+        if ds.is_stored("uns", f"{use_label}_colors"):
+            uns[f"{use_label}_colors"] = ds.store.read("uns", f"{use_label}_colors")
+    if ds.is_stored("uns", "spatial"):
         # images and scale factors still describe the tissue the bins cover
-        uns["spatial"] = read_elem(ds.store.table["uns"], "spatial")
+        uns["spatial"] = ds.store.read("uns", "spatial")
     uns[BINNING_KEY] = info
     src = BinnedSource(ds, compact, obs, centres_of(occupied), layer=layer, uns=uns, obsm=obsm)
     path = ingest(src, out, tile_size=tile_size, overwrite=overwrite, progress=progress)

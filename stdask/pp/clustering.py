@@ -11,6 +11,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..dataset import SpatialDataset
+from ..results import writes_results
 
 
 def _import_leidenalg():
@@ -68,6 +69,7 @@ def _store_labels(ds: SpatialDataset, key_added: str, membership, params: dict) 
     return pd.Series(labels, index=ds.obs_names, name=key_added)
 
 
+@writes_results
 def leiden(ds: SpatialDataset, resolution: float = 1.0, *, random_state: int = 0, n_iterations: int = -1,
            directed: bool = True, use_weights: bool = True, neighbors_key: str | None = None,
            obsp: str | None = None, key_added: str = "leiden") -> pd.Series:
@@ -109,6 +111,7 @@ def leiden(ds: SpatialDataset, resolution: float = 1.0, *, random_state: int = 0
         "directed": directed})
 
 
+@writes_results
 def louvain(ds: SpatialDataset, resolution: float = 1.0, *, random_state: int = 0, use_weights: bool = True,
             neighbors_key: str | None = None, obsp: str | None = None, key_added: str = "louvain") -> pd.Series:
     """Louvain clustering (igraph's ``community_multilevel``, scanpy's ``louvain`` with ``flavor="igraph"``).

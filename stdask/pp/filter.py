@@ -14,16 +14,31 @@ import numpy as np
 import pandas as pd
 
 from ..dataset import SpatialDataset, read
+from ..results import writes_results
 from ..io.base import EntryChunk, Source
-from ._blocks import column_moments, get_matrix, row_values, set_var_table, to_csr, var_column
+from ..blocks import column_moments, get_matrix, row_values, set_var_table, to_csr, var_column
 
 
-def _limits(**kw) -> dict:
+def _limits(func: str, **kw) -> dict:
+    """The thresholds given to ``func`` (name -> value), checked: at least one, each finite and >= 0."""
     given = {k: v for k, v in kw.items() if v is not None}
+    if not given:
+        raise ValueError(f"{func}: give at least one of {', '.join(kw)}")
     for k, v in given.items():
         if not np.isfinite(v) or v < 0:
             raise ValueError(f"{k} must be a finite number >= 0, got {v!r}")
     return given
+
+
+def _within(n: int, *bounds: tuple[np.ndarray, float | None, float | None]) -> np.ndarray:
+    """(n,) bool: every given bound holds; each bound is ``(values, min, max)``, inclusive, ``None`` = none."""
+    mask = np.ones(n, dtype=bool)
+    for values, lo, hi in bounds:
+        if lo is not None:
+            mask &= values >= lo
+        if hi is not None:
+            mask &= values <= hi
+    return mask
 
 
 def _describe(given: dict) -> str:
@@ -38,6 +53,7 @@ def _cell_counts(block) -> np.ndarray:
     return np.column_stack([totals, genes.astype(np.float64)])
 
 
+@writes_results
 def filter_cells(ds: SpatialDataset, *, min_counts: float | None = None, min_genes: int | None = None,
                  max_counts: float | None = None, max_genes: int | None = None, layer: str = "X",
                  key_added: str = "pass_filter_cells", inplace: bool = True,
@@ -72,20 +88,11 @@ def filter_cells(ds: SpatialDataset, *, min_counts: float | None = None, min_gen
         No threshold given, a negative threshold, or no cell passes (the message names the thresholds and the
         largest values found).
     """
-    given = _limits(min_counts=min_counts, min_genes=min_genes, max_counts=max_counts, max_genes=max_genes)
-    if not given:
-        raise ValueError("filter_cells: give at least one of min_counts, min_genes, max_counts, max_genes")
+    given = _limits("filter_cells", min_counts=min_counts, min_genes=min_genes, max_counts=max_counts,
+                    max_genes=max_genes)
     per = row_values(get_matrix(ds, layer), _cell_counts, progress=progress, desc="filter_cells")
     counts, genes = per[:, 0], per[:, 1].astype(np.int64)
-    mask = np.ones(ds.n_obs, dtype=bool)
-    if min_counts is not None:
-        mask &= counts >= min_counts
-    if max_counts is not None:
-        mask &= counts <= max_counts
-    if min_genes is not None:
-        mask &= genes >= min_genes
-    if max_genes is not None:
-        mask &= genes <= max_genes
+    mask = _within(ds.n_obs, (counts, min_counts, max_counts), (genes, min_genes, max_genes))
     if not mask.any():
         raise ValueError(
             f"filter_cells({_describe(given)}) removes all {ds.n_obs} cells (counts per cell range "
@@ -98,6 +105,7 @@ def filter_cells(ds: SpatialDataset, *, min_counts: float | None = None, min_gen
     return mask
 
 
+@writes_results
 def filter_genes(ds: SpatialDataset, *, min_counts: float | None = None, min_cells: int | None = None,
                  max_counts: float | None = None, max_cells: int | None = None, layer: str = "X",
                  key_added: str = "pass_filter_genes", inplace: bool = True,
@@ -131,24 +139,15 @@ def filter_genes(ds: SpatialDataset, *, min_counts: float | None = None, min_cel
         No threshold, a negative threshold, or no gene passes (the message names the thresholds and the
         largest values found).
     """
-    given = _limits(min_counts=min_counts, min_cells=min_cells, max_counts=max_counts, max_cells=max_cells)
-    if not given:
-        raise ValueError("filter_genes: give at least one of min_counts, min_cells, max_counts, max_cells")
+    given = _limits("filter_genes", min_counts=min_counts, min_cells=min_cells, max_counts=max_counts,
+                    max_cells=max_cells)
     X = get_matrix(ds, layer)
     # n_cells counts entries > 0 (a stored explicit zero or a negative value is not "expressed")
     pos = X.map_blocks(_positive, dtype=X.dtype, meta=X._meta)
     mom = column_moments(X, squares=False, progress=progress, desc="filter_genes: totals")
     counts = mom.sums()
     cells = column_moments(pos, squares=False, progress=progress, desc="filter_genes: cells").nnz
-    mask = np.ones(ds.n_vars, dtype=bool)
-    if min_counts is not None:
-        mask &= counts >= min_counts
-    if max_counts is not None:
-        mask &= counts <= max_counts
-    if min_cells is not None:
-        mask &= cells >= min_cells
-    if max_cells is not None:
-        mask &= cells <= max_cells
+    mask = _within(ds.n_vars, (counts, min_counts, max_counts), (cells, min_cells, max_cells))
     if not mask.any():
         raise ValueError(
             f"filter_genes({_describe(given)}) removes all {ds.n_vars} genes (total counts per gene range "
@@ -214,11 +213,11 @@ class _SubsetSource(Source):
 
     @property
     def value_dtype(self) -> np.dtype:
-        return self._dtype(self.ds.store._csr_group("X")["data"].dtype)
+        return self._dtype(self.ds.matrix_info("X").dtype)
 
     @property
     def layers(self) -> dict[str, np.dtype]:
-        return {k: self._dtype(self.ds.store._csr_group(k)["data"].dtype) for k in self._layers}
+        return {k: self._dtype(self.ds.matrix_info(k).dtype) for k in self._layers}
 
     def iter_entries(self, chunk_size: int = 2_000_000) -> Iterator[EntryChunk]:
         starts = self.ds.tile_row_start

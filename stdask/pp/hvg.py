@@ -1,7 +1,7 @@
 """Highly variable genes: scanpy's ``seurat``, ``cell_ranger`` and ``seurat_v3`` flavours, out of core.
 
 Every flavour needs only per-gene sums over cells (means, variances, and for ``seurat_v3`` sums of clipped
-values), which :func:`stdask.pp._blocks.column_moments` computes exactly in one pass per statistic over the
+values), which :func:`stdask.blocks.column_moments` computes exactly in one pass per statistic over the
 tiles. The selection itself runs on (n_vars,) vectors with scanpy's own formulas, so the gene sets equal
 scanpy's on data that fits in memory, and are identical for any tiling and scheduler.
 """
@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from ..dataset import SpatialDataset
-from ._blocks import column_moments, get_matrix, set_var_table
+from ..results import writes_results
+from ..blocks import column_moments, get_matrix, set_var_table
 
 FLAVORS = ("seurat", "cell_ranger", "seurat_v3")
 
@@ -35,6 +36,7 @@ def _log1p_base(ds: SpatialDataset) -> float | None:
     return None if base is None or (isinstance(base, float) and np.isnan(base)) else float(base)
 
 
+@writes_results
 def highly_variable_genes(ds: SpatialDataset, *, layer: str | None = None, flavor: str = "seurat",
                           n_top_genes: int | None = None, min_disp: float = 0.5, max_disp: float = np.inf,
                           min_mean: float = 0.0125, max_mean: float = 3, span: float = 0.3, n_bins: int = 20,

@@ -15,7 +15,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..dataset import SpatialDataset
-from . import _blocks
+from ..results import writes_results
+from .. import blocks as _blocks
 
 #: up to this many observations ``method="auto"`` searches exactly
 EXACT_MAX_OBS = 50_000
@@ -176,6 +177,7 @@ def knn_distances(ind: np.ndarray, dist: np.ndarray) -> sp.csr_matrix:
     return sp.csr_matrix((dist.ravel().copy(), ind.ravel().copy(), indptr), shape=(n, n))
 
 
+@writes_results(returns_dataset=True)
 def neighbors(ds: SpatialDataset, n_neighbors: int = 15, n_pcs: int | None = None, *, use_rep: str = "X_pca",
               method: str = "auto", metric: str = "euclidean", random_state: int = 0,
               key_added: str | None = None, progress: bool = True) -> None:

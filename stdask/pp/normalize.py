@@ -7,7 +7,7 @@ materialised until ``ds.write()`` streams it into the store chunk by chunk (or a
 
 Numbers follow scanpy 1.11 on a CSR matrix: per-row operations are the same float32 arithmetic, so
 normalised and log layers equal scanpy's bit for bit; per-gene statistics for ``scale`` are exact
-(see :mod:`stdask.pp._blocks`), so they do not depend on tiling or scheduling.
+(see :mod:`stdask.blocks`), so they do not depend on tiling or scheduling.
 """
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..dataset import SpatialDataset
-from ._blocks import any_columns, column_moments, get_matrix, map_rows, row_values, set_var_table, to_csr
+from ..results import writes_results
+from ..blocks import any_columns, column_moments, get_matrix, map_rows, row_values, set_var_table, to_csr
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -42,7 +43,9 @@ def _as_float32(m: sp.csr_matrix) -> sp.csr_matrix:
     return m if m.dtype == np.float32 else m.astype(np.float32)
 
 
-def _totals_block(block, keep: np.ndarray) -> np.ndarray:
+def totals_block(block, keep: np.ndarray) -> np.ndarray:
+    """(n_rows,) float32 row totals of a block over the genes where ``keep`` (n_vars,) bool is True, summed in
+    float32 in column order as scanpy does."""
     m = _as_float32(to_csr(block))
     return _row_totals(m.indptr, m.indices, m.data, keep)
 
@@ -57,7 +60,9 @@ def _highly_expressed_block(block, max_fraction: float) -> np.ndarray:
     return out
 
 
-def _normalize_block(block, target_sum: np.float32, keep: np.ndarray) -> sp.csr_matrix:
+def normalize_block(block, target_sum: np.float32, keep: np.ndarray) -> sp.csr_matrix:
+    """A block (n_rows, n_vars) scaled so each row sums to ``target_sum`` over the ``keep`` genes: float32 CSR,
+    scanpy's ``normalize_total`` bit for bit."""
     m = _as_float32(to_csr(block))
     totals = _row_totals(m.indptr, m.indices, m.data, keep)
     factor = totals / np.float32(target_sum)
@@ -66,6 +71,7 @@ def _normalize_block(block, target_sum: np.float32, keep: np.ndarray) -> sp.csr_
     return sp.csr_matrix((data.astype(np.float32, copy=False), m.indices, m.indptr), shape=m.shape)
 
 
+@writes_results(returns_dataset=True)
 def normalize_total(ds: SpatialDataset, *, target_sum: float | None = None, exclude_highly_expressed: bool = False,
                     max_fraction: float = 0.05, layer: str = "X", key_added: str = "normalized",
                     progress: bool = True) -> float:
@@ -117,7 +123,7 @@ def normalize_total(ds: SpatialDataset, *, target_sum: float | None = None, excl
         keep = ~any_columns(X, _highly_expressed_block, max_fraction=max_fraction, progress=progress,
                             desc="normalize_total: highly expressed genes")
     if target_sum is None:
-        totals = row_values(X, _totals_block, keep=keep, progress=progress, desc="normalize_total: cell totals")
+        totals = row_values(X, totals_block, keep=keep, progress=progress, desc="normalize_total: cell totals")
         target = np.median(totals)  # float32, as scanpy
         if not target > 0:
             raise ValueError(
@@ -126,7 +132,7 @@ def normalize_total(ds: SpatialDataset, *, target_sum: float | None = None, excl
                 "(stdask.pp.filter_cells(ds, min_counts=1))")
     else:
         target = np.float32(target_sum)
-    out = map_rows(X, _normalize_block, dtype=np.float32, sparse=True, target_sum=target, keep=keep)
+    out = map_rows(X, normalize_block, dtype=np.float32, sparse=True, target_sum=target, keep=keep)
     ds.set_result("layers", key_added, out)
     ds.set_result("uns", "normalize_total", {
         "target_sum": float(target), "layer": layer, "key_added": key_added,
@@ -139,7 +145,8 @@ def normalize_total(ds: SpatialDataset, *, target_sum: float | None = None, excl
 # ----------------------------------------------------------------------------------------------------
 # log1p
 # ----------------------------------------------------------------------------------------------------
-def _log1p_block(block, base: float | None):
+def log1p_block(block, base: float | None):
+    """``log1p`` of a block in float32 (divided by ``log(base)`` when given), sparse in, sparse out."""
     if sp.issparse(block):
         m = sp.csr_matrix(block)
         data = np.log1p(m.data.astype(np.float32, copy=False))
@@ -152,6 +159,7 @@ def _log1p_block(block, base: float | None):
     return x
 
 
+@writes_results(returns_dataset=True)
 def log1p(ds: SpatialDataset, *, base: float | None = None, layer: str = "normalized",
           key_added: str = "log1p") -> None:
     """``log(1 + x)`` (natural log, or log base ``base``) of a layer, as a lazy layer.
@@ -177,7 +185,7 @@ def log1p(ds: SpatialDataset, *, base: float | None = None, layer: str = "normal
     if base is not None and not (np.isfinite(base) and base > 0 and base != 1):
         raise ValueError(f"base must be a finite number > 0 and != 1, got {base!r}")
     X = get_matrix(ds, layer)
-    out = map_rows(X, _log1p_block, dtype=np.float32, sparse=sp.issparse(X._meta), base=base)
+    out = map_rows(X, log1p_block, dtype=np.float32, sparse=sp.issparse(X._meta), base=base)
     ds.set_result("layers", key_added, out)
     ds.set_result("uns", "log1p", {"base": base, "layer": layer, "key_added": key_added})
 
@@ -201,6 +209,7 @@ def scale_block(block, mean: np.ndarray, std: np.ndarray, zero_center: bool, max
     return x.astype(np.float32)
 
 
+@writes_results(returns_dataset=True)
 def scale(ds: SpatialDataset, *, zero_center: bool = True, max_value: float | None = None, layer: str = "log1p",
           key_added: str = "scaled", progress: bool = True) -> None:
     """Scale each gene to unit variance and, by default, zero mean (scanpy's ``scale``), as a lazy layer.

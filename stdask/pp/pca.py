@@ -25,8 +25,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..dataset import SpatialDataset
+from ..results import writes_results
 from . import _gram
-from ._blocks import gene_mask, get_matrix, map_rows, tree_reduce, var_column
+from ..blocks import gene_mask, get_matrix, map_rows, tree_reduce, var_column
 from .normalize import scale_block
 
 SOLVERS = ("auto", "covariance_eigh", "randomized")
@@ -158,7 +159,9 @@ def top_eigen(M: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return evecs[:, order].T, np.clip(evals[order], 0, None)
 
 
-def _project(block, V: np.ndarray, shift: np.ndarray) -> np.ndarray:
+def project_block(block, V: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """(n_rows, k) float32 scores ``block @ V - shift`` of a (n_rows, n_genes) block on loadings ``V``
+    (n_genes, k); ``shift`` (k,) is ``mean @ V`` for centred PCA."""
     # (x - mu) V computed as x V - mu V (sparse rows stay sparse), float64, stored float32
     out = block @ V if sp.issparse(block) else np.asarray(block, dtype=np.float64) @ V
     return (np.asarray(out) - shift).astype(np.float32)
@@ -172,6 +175,7 @@ def _flip(Vt: np.ndarray) -> np.ndarray:
     return Vt * signs[:, None]
 
 
+@writes_results(returns_dataset=True)
 def pca(ds: SpatialDataset, n_comps: int | None = None, *, layer: str = "log1p", zero_center: bool = True,
         mask_var: np.ndarray | str | None = "auto", svd_solver: str = "auto", n_iter: int = 7,
         n_oversamples: int = 20, random_state: int = 0, key_added: str | None = None,
@@ -233,7 +237,7 @@ def pca(ds: SpatialDataset, n_comps: int | None = None, *, layer: str = "log1p",
                                         n_oversamples=n_oversamples, random_state=random_state,
                                         progress=progress)
     shift = (mean @ Vt.T) if zero_center else np.zeros(n_comps)
-    X_pca = map_rows(X, _project, dtype=np.float32, sparse=False, n_cols=n_comps, V=Vt.T.copy(), shift=shift)
+    X_pca = map_rows(X, project_block, dtype=np.float32, sparse=False, n_cols=n_comps, V=Vt.T.copy(), shift=shift)
 
     key_obsm, key_varm, key_uns = ("X_pca", "PCs", "pca") if key_added is None else (key_added,) * 3
     PCs = np.zeros((ds.n_vars, n_comps))

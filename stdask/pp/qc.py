@@ -1,7 +1,7 @@
 """Quality-control metrics per cell and per gene (scanpy's ``calculate_qc_metrics``), one pass over tiles.
 
 Per-cell metrics are row-wise (exact whatever the chunking); per-gene totals and means use the exact column
-sums of :mod:`stdask.pp._blocks`.
+sums of :mod:`stdask.blocks`.
 """
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from ..dataset import SpatialDataset
-from ._blocks import column_moments, get_matrix, row_values, set_var_table, to_csr, var_column
+from ..results import writes_results
+from ..blocks import column_moments, get_matrix, row_values, set_var_table, to_csr, var_column
 
 
 @numba.njit(cache=True, nogil=True)
@@ -56,6 +57,7 @@ def _qc_block(block, tops: np.ndarray, qc_masks: dict[str, np.ndarray], log1p: b
     return pd.DataFrame(out)
 
 
+@writes_results(returns_dataset=True)
 def calculate_qc_metrics(ds: SpatialDataset, *, qc_vars: Sequence[str] | Mapping[str, np.ndarray] = (),
                          percent_top: Sequence[int] | None = (50, 100, 200, 500), layer: str = "X",
                          log1p: bool = True, inplace: bool = True,

@@ -1,4 +1,11 @@
+"""Analyses on datasets (``stdask.tl``): ``cci`` (stLearn's LR hotspots, cell-type interactions, LR databases),
+``spaseg`` (SpaSEG spatial domains), ``svg`` (domain-specific spatially variable genes), ``grid`` and ``metrics``.
+Each takes the dataset first and records its results in it (pending until ``ds.write()``; ``copy=True`` leaves
+it untouched, :mod:`stdask.results`)."""
+from . import cci, metrics
 from .grid import grid
-from . import metrics
-from .spaseg import lr_score, spa_seg, spaseg
+from .cci.domains import lr_score
+from .spaseg import spa_seg, spaseg
 from .svg import svg
+
+__all__ = ["cci", "metrics", "grid", "spaseg", "spa_seg", "lr_score", "svg"]

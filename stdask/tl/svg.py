@@ -33,12 +33,17 @@ p-values equal those on log data. All domains are tested (the reference's defaul
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from scipy.stats import norm
 
+from .. import blocks
 from ..dataset import SpatialDataset
+from ..results import writes_results
+from .cci.correction import adjust_grouped
 
 EPS = 1e-9
 #: the reference's thresholds (``detect_svg`` defaults)
@@ -52,43 +57,36 @@ MAX_NNZ = 20_000_000
 
 
 def _normalized(block, target, keep):
-    from ..pp.normalize import _normalize_block
+    from ..pp.normalize import normalize_block
 
-    return _normalize_block(block, target, keep)
+    return normalize_block(block, target, keep)
 
 
 def _expression(ds: SpatialDataset, layer: str | None, progress: bool):
     """Normalised counts as a dask matrix: ``layer`` as stored, or normalize_total of ``X`` (median target)."""
-    from ..pp import _blocks
-    from ..pp.normalize import _totals_block
+    from ..pp.normalize import totals_block
 
     if layer is not None:
-        return _blocks.get_matrix(ds, layer), {"layer": layer}
-    X = _blocks.get_matrix(ds, "X")
+        return blocks.get_matrix(ds, layer), {"layer": layer}
+    X = blocks.get_matrix(ds, "X")
     keep = np.ones(ds.n_vars, dtype=bool)
-    totals = _blocks.row_values(X, _totals_block, keep=keep, progress=progress, desc="svg: totals")
+    totals = blocks.row_values(X, totals_block, keep=keep, progress=progress, desc="svg: totals")
     target = np.median(totals)
     if not target > 0:
         raise ValueError("svg: the median total count is 0; pass a normalised layer=")
-    arr = _blocks.map_rows(X, _normalized, dtype=np.float32, sparse=True, target=target, keep=keep)
+    arr = blocks.map_rows(X, _normalized, dtype=np.float32, sparse=True, target=target, keep=keep)
     return arr, {"layer": "X", "normalize_total_target": float(target)}
 
 
-def _blocks_of(arr, codes: np.ndarray, cols: np.ndarray, progress: bool, batch: int = 8):
+def _blocks_of(arr, codes: np.ndarray, cols: np.ndarray, progress: bool):
     """Row blocks of ``arr`` restricted to labelled rows (``codes >= 0``) and columns ``cols``:
     yields (domain codes of the rows, CSR float64 block)."""
-    from ..cluster import compute
-
-    blocks = [arr.blocks[i] for i in range(arr.numblocks[0])]
-    r0 = 0
-    for i in range(0, len(blocks), batch):
-        for b in compute(*blocks[i:i + batch], progress=progress, desc="svg: pass over the data"):
-            m = sp.csr_matrix(b, dtype=np.float64)
-            c = codes[r0:r0 + m.shape[0]]
-            r0 += m.shape[0]
-            keep = c >= 0
-            m = m[keep][:, cols] if not keep.all() else m[:, cols]
-            yield c[keep], sp.csr_matrix(m)
+    for r0, b in blocks.iter_blocks(arr, progress=progress, desc="svg: pass over the data"):
+        m = sp.csr_matrix(b, dtype=np.float64)
+        c = codes[r0:r0 + m.shape[0]]
+        keep = c >= 0
+        m = m[keep][:, cols] if not keep.all() else m[:, cols]
+        yield c[keep], sp.csr_matrix(m)
 
 
 def _moments(arr, codes: np.ndarray, cols: np.ndarray, n_dom: int, progress: bool):
@@ -177,6 +175,7 @@ def _log2_expm1_ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return log2e(a) - log2e(b)
 
 
+@writes_results
 def svg(ds: SpatialDataset, domain_key: str, *, layer: str | None = None, domains=None, filter_mt: bool = True,
         fold_change: str = "corrected", tie_correct: bool = False, do_filter: bool = True,
         thresholds: dict | None = None, key_added: str | None = "svg", max_nnz: int = MAX_NNZ,
@@ -205,7 +204,8 @@ def svg(ds: SpatialDataset, domain_key: str, *, layer: str | None = None, domain
     thresholds
         Overrides of :data:`THRESHOLDS` (e.g. ``{"min_in_frac": 0.75}``, the 151673 notebook's value).
     key_added
-        Also store the table as ``uns[key_added]`` (pending; ``None``: do not).
+        The table is recorded as ``uns[key_added]`` (pending until ``ds.write()``); ``copy=True`` (or
+        ``key_added=None``) leaves ``ds`` untouched.
     max_nnz
         Non-zeros per gene batch of the rank pass (bounds memory).
     progress
@@ -220,75 +220,17 @@ def svg(ds: SpatialDataset, domain_key: str, *, layer: str | None = None, domain
         ``max_expr_mean``, ``in_expr_cv``, ``max_expr_cv``, ``cv_r``. ``df.attrs`` holds the number of SVGs per
         domain and the parameters.
     """
-    if fold_change not in ("corrected", "reference"):
-        raise ValueError(f"fold_change must be 'corrected' or 'reference', got {fold_change!r}")
-    th = dict(THRESHOLDS)
-    if thresholds:
-        unknown = set(thresholds) - set(th)
-        if unknown:
-            raise ValueError(f"unknown thresholds {sorted(unknown)}; known: {sorted(th)}")
-        th.update(thresholds)
-    lab = ds.obs[domain_key]
-    cat = lab.astype("category") if not isinstance(lab.dtype, pd.CategoricalDtype) else lab
-    cat = cat.cat.remove_unused_categories()
-    names = [str(c) for c in cat.cat.categories]
-    codes_all = cat.cat.codes.to_numpy().astype(np.int64)
-    ok = codes_all >= 0
-    if len(names) < 2:
-        raise ValueError(f"obs[{domain_key!r}] has {len(names)} domain(s); SVGs need at least 2")
+    th = _thresholds(fold_change, thresholds)
+    names, codes = _domain_codes(ds, domain_key)
     arr, info = _expression(ds, layer, progress)
     genes = pd.Index(ds.var_names).astype(str)
     gmask = ~genes.str.upper().str.startswith("MT-") if filter_mt else np.ones(len(genes), bool)
     gidx = np.flatnonzero(gmask)
-    codes = codes_all
-    n_dom, n = len(names), int(ok.sum())
-    npos, s1, s2, nnz = _moments(arr, codes, gidx, n_dom, progress)
-    R, T = _rank_sums(arr, codes, gidx, n_dom, nnz, n, max_nnz, progress, tie_correct)
-    size = np.bincount(codes[ok], minlength=n_dom).astype(np.float64)[:, None]
-    mean = s1 / np.maximum(size, 1)
-    var = np.maximum(s2 - size * mean ** 2, 0) / np.maximum(size - 1, 1)
-    std = np.sqrt(var)
-    frac = npos / np.maximum(size, 1)
-    tot_s1, tot_pos = s1.sum(0), npos.sum(0)
-    chosen = range(n_dom) if domains is None else [names.index(str(d)) for d in domains]
+    stats = _domain_stats(arr, codes, gidx, len(names), max_nnz, progress, tie_correct)
+    chosen = range(len(names)) if domains is None else [names.index(str(d)) for d in domains]
     out = []
-    gnames = genes[gidx]
     for d in chosen:
-        nD = size[d, 0]
-        nR = n - nD
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z = (R[d] - nD * (n + 1) / 2.0) / np.sqrt(nD * nR * (n + 1) / 12.0 * T)
-        z = np.nan_to_num(z)
-        p = 2.0 * norm.sf(np.abs(z))
-        padj = _bh(p)
-        others = [k for k in range(n_dom) if k != d]
-        of = frac[others]
-        arg = np.argmax(of, axis=0)  # first maximum: category order
-        maxdom = np.asarray(others)[arg]
-        cols = np.arange(len(gidx))
-        max_frac = frac[maxdom, cols]
-        in_frac = frac[d]
-        out_frac = (tot_pos - npos[d]) / max(nR, 1)
-        mean_d = mean[d]
-        mean_rest = (tot_s1 - s1[d]) / max(nR, 1)
-        mean_max = mean[maxdom, cols]
-        if fold_change == "corrected":
-            lfc = np.log2((mean_d + EPS) / (mean_rest + EPS))
-            lfc_max = np.log2((mean_d + EPS) / (mean_max + EPS))
-        else:
-            lfc = _log2_expm1_ratio(mean_d, mean_rest)
-            lfc_max = _log2_expm1_ratio(np.where(mean_d == 0, 1e-12, mean_d), np.where(mean_max == 0, 1e-12, mean_max))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            cv_in = std[d] / np.where(mean_d == 0, 1e-12, mean_d)
-            cv_max = std[maxdom, cols] / np.where(mean_max == 0, 1e-12, mean_max)
-            df = pd.DataFrame({
-                "domain": names[d], "gene": gnames, "scores": z, "pvals": p, "pvals_adj": padj, "log2_fc": lfc,
-                "log2_fc_in_max": lfc_max, "in_fraction": in_frac, "out_fraction": out_frac,
-                "max_fraction": max_frac, "max_expr_domain": [names[k] for k in maxdom],
-                "in_out_fraction": in_frac / out_frac, "in_max_fraction": in_frac / max_frac,
-                "in_expr_mean": mean_d, "max_expr_mean": mean_max, "in_expr_cv": cv_in, "max_expr_cv": cv_max,
-                "cv_r": cv_in / cv_max,
-            })
+        df = _domain_table(stats, d, names, genes[gidx], fold_change)
         if do_filter:
             df = df[select(df, th)]
         out.append(df.sort_values("out_fraction", kind="stable"))
@@ -299,6 +241,98 @@ def svg(ds: SpatialDataset, domain_key: str, *, layer: str | None = None, domain
     if key_added:
         ds.set_result("uns", key_added, res.astype({"domain": str, "gene": str, "max_expr_domain": str}))
     return res
+
+
+def _thresholds(fold_change: str, thresholds: dict | None) -> dict:
+    """:data:`THRESHOLDS` with the user's overrides, after checking them and ``fold_change``."""
+    if fold_change not in ("corrected", "reference"):
+        raise ValueError(f"fold_change must be 'corrected' or 'reference', got {fold_change!r}")
+    th = dict(THRESHOLDS)
+    if thresholds:
+        unknown = set(thresholds) - set(th)
+        if unknown:
+            raise ValueError(f"unknown thresholds {sorted(unknown)}; known: {sorted(th)}")
+        th.update(thresholds)
+    return th
+
+
+def _domain_codes(ds: SpatialDataset, domain_key: str) -> tuple[list[str], np.ndarray]:
+    """Domain names (categories in use, in category order) and each observation's int64 code (-1: no label)."""
+    lab = ds.obs[domain_key]
+    cat = lab.astype("category") if not isinstance(lab.dtype, pd.CategoricalDtype) else lab
+    cat = cat.cat.remove_unused_categories()
+    names = [str(c) for c in cat.cat.categories]
+    if len(names) < 2:
+        raise ValueError(f"obs[{domain_key!r}] has {len(names)} domain(s); SVGs need at least 2")
+    return names, cat.cat.codes.to_numpy().astype(np.int64)
+
+
+@dataclass
+class _DomainStats:
+    """Per (domain, gene) statistics over the ``n`` labelled observations; arrays are (n_dom, G)."""
+
+    n: int
+    size: np.ndarray  # (n_dom, 1) float64 observations per domain
+    npos: np.ndarray  # observations with expression > 0
+    s1: np.ndarray  # sum of expression
+    mean: np.ndarray
+    std: np.ndarray  # ddof=1
+    frac: np.ndarray  # npos / size
+    R: np.ndarray  # Wilcoxon rank sums
+    T: np.ndarray  # (G,) tie-correction factors
+
+
+def _domain_stats(arr, codes: np.ndarray, gidx: np.ndarray, n_dom: int, max_nnz: int, progress: bool,
+                  tie_correct: bool) -> _DomainStats:
+    """The moment pass and the rank pass over genes ``gidx``, and the statistics derived from them."""
+    ok = codes >= 0
+    n = int(ok.sum())
+    npos, s1, s2, nnz = _moments(arr, codes, gidx, n_dom, progress)
+    R, T = _rank_sums(arr, codes, gidx, n_dom, nnz, n, max_nnz, progress, tie_correct)
+    size = np.bincount(codes[ok], minlength=n_dom).astype(np.float64)[:, None]
+    mean = s1 / np.maximum(size, 1)
+    var = np.maximum(s2 - size * mean ** 2, 0) / np.maximum(size - 1, 1)
+    return _DomainStats(n, size, npos, s1, mean, np.sqrt(var), npos / np.maximum(size, 1), R, T)
+
+
+def _domain_table(st: _DomainStats, d: int, names: list[str], gnames: pd.Index, fold_change: str) -> pd.DataFrame:
+    """Every gene's row for domain ``d`` against the rest (module docstring), unfiltered."""
+    n, n_dom = st.n, len(names)
+    nD = st.size[d, 0]
+    nR = n - nD
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = (st.R[d] - nD * (n + 1) / 2.0) / np.sqrt(nD * nR * (n + 1) / 12.0 * st.T)
+    z = np.nan_to_num(z)
+    p = 2.0 * norm.sf(np.abs(z))
+    padj = adjust_grouped(p, np.zeros(len(p), dtype=np.int64))  # BH over the genes of the domain
+    others = [k for k in range(n_dom) if k != d]
+    of = st.frac[others]
+    arg = np.argmax(of, axis=0)  # first maximum: category order
+    maxdom = np.asarray(others)[arg]
+    cols = np.arange(len(gnames))
+    max_frac = st.frac[maxdom, cols]
+    in_frac = st.frac[d]
+    out_frac = (st.npos.sum(0) - st.npos[d]) / max(nR, 1)
+    mean_d = st.mean[d]
+    mean_rest = (st.s1.sum(0) - st.s1[d]) / max(nR, 1)
+    mean_max = st.mean[maxdom, cols]
+    if fold_change == "corrected":
+        lfc = np.log2((mean_d + EPS) / (mean_rest + EPS))
+        lfc_max = np.log2((mean_d + EPS) / (mean_max + EPS))
+    else:
+        lfc = _log2_expm1_ratio(mean_d, mean_rest)
+        lfc_max = _log2_expm1_ratio(np.where(mean_d == 0, 1e-12, mean_d), np.where(mean_max == 0, 1e-12, mean_max))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cv_in = st.std[d] / np.where(mean_d == 0, 1e-12, mean_d)
+        cv_max = st.std[maxdom, cols] / np.where(mean_max == 0, 1e-12, mean_max)
+        return pd.DataFrame({
+            "domain": names[d], "gene": gnames, "scores": z, "pvals": p, "pvals_adj": padj, "log2_fc": lfc,
+            "log2_fc_in_max": lfc_max, "in_fraction": in_frac, "out_fraction": out_frac,
+            "max_fraction": max_frac, "max_expr_domain": [names[k] for k in maxdom],
+            "in_out_fraction": in_frac / out_frac, "in_max_fraction": in_frac / max_frac,
+            "in_expr_mean": mean_d, "max_expr_mean": mean_max, "in_expr_cv": cv_in, "max_expr_cv": cv_max,
+            "cv_r": cv_in / cv_max,
+        })
 
 
 def select(df: pd.DataFrame, th: dict | None = None) -> np.ndarray:
@@ -312,15 +346,6 @@ def select(df: pd.DataFrame, th: dict | None = None) -> np.ndarray:
          & (df["in_expr_cv"] < t["cut_max_in_expr_cv"]) & (df["cv_r"] < t["cut_max_cv_r"]))
     c = (df["log2_fc"] > t["min_high_log2_fc"]) | (df["log2_fc_in_max"] > t["min_high_log2_fc"])
     return (pre & (a | b | c)).to_numpy()
-
-
-def _bh(p: np.ndarray) -> np.ndarray:
-    from .cci.kernels import bh_segments
-
-    order = np.argsort(p, kind="stable")
-    out = np.empty_like(p)
-    out[order] = bh_segments(p[order].astype(np.float64), np.array([0, len(p)], dtype=np.int64))
-    return out
 
 
 __all__ = ["svg", "select", "THRESHOLDS"]

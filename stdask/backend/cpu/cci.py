@@ -1,9 +1,14 @@
-"""Numba kernels of the LR statistics (CPU). Every kernel evaluates the score in exactly the reference's
-float64 order, ``((x_l 1(m_r>m) + 1(x_l>m) m_r) + (x_r 1(m_l>m) + 1(x_r>m) m_l)) / 2``, so observed and
-background scores tie exactly where stLearn's tie."""
+"""CPU (numba) kernels of the LR statistics of :mod:`stdask.tl.cci`.
+
+Every kernel evaluates stLearn's score in exactly the reference's float64 order,
+``((x_l 1(m_r>m) + 1(x_l>m) m_r) + (x_r 1(m_l>m) + 1(x_r>m) m_l)) / 2``, so observed and background scores
+tie exactly where stLearn's tie. The GPU variant of :func:`background_counts` is
+:func:`stdask.backend.gpu.cci.background_counts`; callers choose through :func:`stdask.backend.get_kernel`.
+"""
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 from numba import njit, prange
 
 
@@ -85,33 +90,9 @@ def bh_segments(p, starts):
 
 
 @njit(parallel=True, cache=True)
-def background_counts(x_ptr, x_idx, x_val, m_ptr, m_idx, m_val, n_genes, t_ptr, t_lr, t_obs, pl, pr, m):
-    """Background exceedance counts of every tested (row, LR) entry, spot-major.
-
-    Each row's expression and neighbour means are scattered once into dense vectors over all genes, then
-    every LR tested at that row evaluates its background pairs by direct indexing, so no per-LR gather
-    or matrix slicing happens. Rows whose values are all finite and >= 0 use :func:`_score_plain` (the
-    same scores, up to the sign of a zero, so the same counts).
-
-    Parameters
-    ----------
-    x_ptr, x_idx, x_val
-        CSR (n_rows, n_genes) expression of the rows (float64 values).
-    m_ptr, m_idx, m_val
-        CSR (n_rows, n_genes) neighbour means of the rows.
-    n_genes
-        Number of gene columns.
-    t_ptr, t_lr, t_obs
-        Tested entries grouped by row (CSR-like): LR index and observed score of each.
-    pl, pr
-        (n_lr, n_pairs) int64 gene columns of each LR's background pairs.
-    m
-        min_expr.
-
-    Returns
-    -------
-    (n_entries,) int64 number of background pairs scoring >= the observed score (ties count).
-    """
+def _background_counts(x_ptr, x_idx, x_val, m_ptr, m_idx, m_val, n_genes, t_ptr, t_lr, t_obs, pl, pr, m, weight,
+                       geometric):  # pragma: no cover - numba
+    # the loop of background_counts / background_counts_geometric, over rows grouped as t_ptr says
     n_rows = t_ptr.shape[0] - 1
     out = np.zeros(t_lr.shape[0], dtype=np.int64)
     n_pairs = pl.shape[1]
@@ -135,7 +116,12 @@ def background_counts(x_ptr, x_idx, x_val, m_ptr, m_idx, m_val, n_genes, t_ptr, 
             j = t_lr[e]
             s = t_obs[e]
             c = 0
-            if plain:
+            if geometric:
+                for k in range(n_pairs):
+                    l = pl[j, k]
+                    r = pr[j, k]
+                    c += weight[i] * 0.5 * (xd[l] * md[r] + xd[r] * md[l]) >= s
+            elif plain:
                 for k in range(n_pairs):
                     l = pl[j, k]
                     r = pr[j, k]
@@ -147,6 +133,62 @@ def background_counts(x_ptr, x_idx, x_val, m_ptr, m_idx, m_val, n_genes, t_ptr, 
                     c += _score(xd[l], md[l], xd[r], md[r], m) >= s
             out[e] = c
     return out
+
+
+def _row_counts(x: sp.csr_matrix, means: sp.csr_matrix, t_row, t_lr, t_obs, pl, pr, m: float, weight,
+                geometric: bool) -> np.ndarray:
+    t_row = np.asarray(t_row, dtype=np.int64)
+    t_ptr = np.concatenate([[0], np.cumsum(np.bincount(t_row, minlength=x.shape[0]))]).astype(np.int64)
+    return _background_counts(x.indptr.astype(np.int64), x.indices.astype(np.int64), x.data,
+                              means.indptr.astype(np.int64), means.indices.astype(np.int64), means.data,
+                              x.shape[1], t_ptr, np.asarray(t_lr, dtype=np.int64), np.asarray(t_obs, np.float64),
+                              pl, pr, float(m), weight, geometric)
+
+
+def background_counts(x: sp.csr_matrix, means: sp.csr_matrix, t_row: np.ndarray, t_lr: np.ndarray,
+                      t_obs: np.ndarray, pl: np.ndarray, pr: np.ndarray, m: float) -> np.ndarray:
+    """Background exceedance counts of stLearn's LR score at every tested (row, LR) entry, spot-major.
+
+    Each row's expression and neighbour means are scattered once into dense vectors over all genes, then
+    every LR tested at that row evaluates its background pairs by direct indexing, so no per-LR gather
+    or matrix slicing happens. Rows whose values are all finite and >= 0 use :func:`_score_plain` (the
+    same scores, up to the sign of a zero, so the same counts).
+
+    Parameters
+    ----------
+    x, means
+        (n_rows, n_genes) CSR float64 expression and neighbour means of the rows.
+    t_row, t_lr, t_obs
+        (n_entries,) tested entries grouped by row (rows ascending): row, LR index and observed score.
+    pl, pr
+        (n_lr, n_pairs) integer gene columns of each LR's background pairs.
+    m
+        min_expr.
+
+    Returns
+    -------
+    (n_entries,) int64 number of background pairs scoring >= the observed score (ties count).
+    """
+    return _row_counts(x, means, t_row, t_lr, t_obs, pl, pr, m, np.zeros(0), False)
+
+
+def background_counts_geometric(y: sp.csr_matrix, means: sp.csr_matrix, t_row: np.ndarray, t_lr: np.ndarray,
+                                t_obs: np.ndarray, pl: np.ndarray, pr: np.ndarray,
+                                weight: np.ndarray) -> np.ndarray:
+    """:func:`background_counts` of the geometric-mean score of SpaSEG's domain LR scoring,
+    ``w_i 0.5 (y_l m_r + y_r m_l)`` in that float64 order, with ``y`` the square-rooted expression and ``m``
+    the neighbour means of ``y``.
+
+    Parameters
+    ----------
+    y, means
+        (n_rows, n_genes) CSR float64 square-rooted expression and its neighbour means.
+    t_row, t_lr, t_obs, pl, pr
+        As for :func:`background_counts`.
+    weight
+        (n_rows,) float64 per-row weight ``w_i`` (the entropy weight, or 1).
+    """
+    return _row_counts(y, means, t_row, t_lr, t_obs, pl, pr, 0.0, np.ascontiguousarray(weight, np.float64), True)
 
 
 @njit(cache=True)

@@ -1,12 +1,9 @@
 """Numba kernels of ``run_cci``: qualifying spot edges per LR, and the label-permutation counts.
 
-Random numbers come from Philox4x64-10, the counter-based generator of :class:`numpy.random.Philox`,
-evaluated here block by block: the stream of (key, counter base ``(0, c1, c2, c3)``) is bit for bit
-``np.random.Philox(key=key, counter=[0, c1, c2, c3]).random_raw()`` (numpy increments the counter before
-each block of four 64-bit outputs); each 64-bit output gives two 32-bit draws, its low half first. A
-permutation is therefore a pure function of its key and counter, never of the worker, the task or the order
-in which LRs are processed. The 128-bit products of Philox use one LLVM ``mul i128`` (an intrinsic), so the
-generator runs at numpy's speed.
+Random numbers come from the compiled Philox4x64-10 streams of :mod:`stdask.random_streams`: the stream of
+(key, counter base ``(0, c1, c2, c3)``) is bit for bit ``np.random.Philox(key=key, counter=[0, c1, c2,
+c3]).random_raw()``, each 64-bit output giving two 32-bit draws, its low half first. A permutation is therefore
+a pure function of its key and counter, never of the worker, the task or the order in which LRs are processed.
 
 All kernels are serial and release the GIL: dask runs one LR batch per thread, and a numba parallel
 region inside a threaded dask worker would oversubscribe the cores.
@@ -14,89 +11,17 @@ region inside a threaded dask worker would oversubscribe the cores.
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, types
-from numba.extending import intrinsic
+from numba import njit
 
-# Philox4x64 constants (Salmon et al. 2011, Random123; the ones numpy uses)
-_M0 = np.uint64(0xD2E7470EE14C6C93)
-_M1 = np.uint64(0xCA5A826395121157)
-_W0 = np.uint64(0x9E3779B97F4A7C15)
-_W1 = np.uint64(0xBB67AE8584CAA73B)
+from ...random_streams import next_uint32, rewind
+
 _LO32 = np.uint64(0xFFFFFFFF)
 _S32 = np.uint64(32)
-_EIGHT = np.uint64(8)
-_ONE = np.uint64(1)
 _TWO32 = np.uint64(1 << 32)
 
 #: counter word 3 of every run_cci stream ("run_cci" in ASCII): keeps these streams disjoint from the
 #: random-pair streams of ``run`` (same key, counter words 1-3 zero)
 STREAM_TAG = 0x72756E5F636369
-
-
-@intrinsic
-def _mulhi64(typingctx, a, b):
-    """High 64 bits of the 128-bit product of two uint64 (one ``mul`` on x86-64 and arm64)."""
-    if a != types.uint64 or b != types.uint64:
-        return None
-
-    def codegen(context, builder, signature, args):
-        i128 = ir.IntType(128)
-        p = builder.mul(builder.zext(args[0], i128), builder.zext(args[1], i128))
-        return builder.trunc(builder.lshr(p, ir.Constant(i128, 64)), ir.IntType(64))
-
-    return types.uint64(types.uint64, types.uint64), codegen
-
-
-@njit(inline="always")
-def _mulhilo(a, b):
-    """(high, low) 64-bit halves of the 128-bit product of two uint64."""
-    return _mulhi64(a, b), a * b
-
-
-@njit(inline="always")
-def _philox4x64(c0, c1, c2, c3, k0, k1):
-    """Philox4x64-10 of counter (c0..c3) under key (k0, k1): four uint64."""
-    for r in range(10):
-        if r > 0:
-            k0 = k0 + _W0
-            k1 = k1 + _W1
-        hi0, lo0 = _mulhilo(_M0, c0)
-        hi1, lo1 = _mulhilo(_M1, c2)
-        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
-    return c0, c1, c2, c3
-
-
-@njit(cache=True, nogil=True)
-def philox_raw(k0, k1, c1, c2, c3, n):
-    """The first ``n`` raw uint64 of the stream (key (k0, k1), counter base (0, c1, c2, c3)); for tests."""
-    out = np.empty(n, np.uint64)
-    b = np.uint64(0)
-    for i in range(0, n, 4):
-        b = b + _ONE
-        r0, r1, r2, r3 = _philox4x64(b, c1, c2, c3, k0, k1)
-        out[i] = r0
-        if i + 1 < n:
-            out[i + 1] = r1
-        if i + 2 < n:
-            out[i + 2] = r2
-        if i + 3 < n:
-            out[i + 3] = r3
-    return out
-
-
-@njit(inline="always")
-def _next32(st, k0, k1, c1, c2, c3):
-    """Next 32-bit draw of the stream whose state ``st`` = (4 buffered raw outputs, block, index) holds;
-    each raw 64-bit output gives two draws, its low half first."""
-    if st[5] >= _EIGHT:
-        st[4] = st[4] + _ONE
-        st[0], st[1], st[2], st[3] = _philox4x64(st[4], c1, c2, c3, k0, k1)
-        st[5] = 0
-    q = st[5]
-    st[5] = q + _ONE
-    w = st[q >> _ONE]
-    return (w >> _S32) if (q & _ONE) else (w & _LO32)
 
 
 @njit(inline="always")
@@ -110,16 +35,15 @@ def _sample(out, swaps, pos, st, K, N, k0, k1, c1, c2, c3):
     permutation maps to: a uniform random permutation of N restricted to K given positions has exactly
     this distribution.
     """
-    st[4] = 0
-    st[5] = _EIGHT
+    rewind(st)
     for i in range(K):
         m = np.uint64(N - i)
-        prod = _next32(st, k0, k1, c1, c2, c3) * m
+        prod = next_uint32(st, k0, k1, c1, c2, c3) * m
         low = prod & _LO32
         if low < m:
             t = (_TWO32 - m) % m
             while low < t:
-                prod = _next32(st, k0, k1, c1, c2, c3) * m
+                prod = next_uint32(st, k0, k1, c1, c2, c3) * m
                 low = prod & _LO32
         j = i + np.int64(prod >> _S32)
         tmp = pos[i]
@@ -148,6 +72,13 @@ def sample_positions(K, N, k0, k1, c1, c2, c3):
 # ---------------------------------------------------------------------------------------------------------
 # qualifying edges
 # ---------------------------------------------------------------------------------------------------------
+@njit(inline="always")
+def _mark(flags, ptr, rows, j, value):
+    # flags[r] = value for every row r of column j of the CSC-like (ptr, rows)
+    for p in range(ptr[j], ptr[j + 1]):
+        flags[rows[p]] = value
+
+
 @njit(cache=True, nogil=True)
 def build_edges(n_obs, g_ptr, g_idx, within, s_ptr, s_rows, x_ptr, x_rows, lgene, rgene, cap):
     """Qualifying oriented edges of every LR, built once (they do not depend on the labels).
@@ -195,12 +126,9 @@ def build_edges(n_obs, g_ptr, g_idx, within, s_ptr, s_rows, x_ptr, x_rows, lgene
     self_nb = np.empty(1, np.int64)
     for j in range(n_lr):
         gl, gr = lgene[j], rgene[j]
-        for p in range(x_ptr[gl], x_ptr[gl + 1]):
-            lm[x_rows[p]] = 1
-        for p in range(x_ptr[gr], x_ptr[gr + 1]):
-            rm[x_rows[p]] = 1
-        for p in range(s_ptr[j], s_ptr[j + 1]):
-            sm[s_rows[p]] = 1
+        _mark(lm, x_ptr, x_rows, gl, 1)
+        _mark(rm, x_ptr, x_rows, gr, 1)
+        _mark(sm, s_ptr, s_rows, j, 1)
         k0 = K
         for p in range(s_ptr[j], s_ptr[j + 1]):
             u = s_rows[p]
@@ -231,12 +159,9 @@ def build_edges(n_obs, g_ptr, g_idx, within, s_ptr, s_rows, x_ptr, x_rows, lgene
         e_ptr[j + 1] = E
         k_ptr[j + 1] = K
         # reset the marks
-        for p in range(x_ptr[gl], x_ptr[gl + 1]):
-            lm[x_rows[p]] = 0
-        for p in range(x_ptr[gr], x_ptr[gr + 1]):
-            rm[x_rows[p]] = 0
-        for p in range(s_ptr[j], s_ptr[j + 1]):
-            sm[s_rows[p]] = 0
+        _mark(lm, x_ptr, x_rows, gl, 0)
+        _mark(rm, x_ptr, x_rows, gr, 0)
+        _mark(sm, s_ptr, s_rows, j, 0)
         for p in range(k0, K):
             loc[endpoints[p]] = -1
     return e_ptr, eu[:E].copy(), ev[:E].copy(), mut[:E].copy(), k_ptr, endpoints[:K].copy()
@@ -245,6 +170,50 @@ def build_edges(n_obs, g_ptr, g_idx, within, s_ptr, s_rows, x_ptr, x_rows, lgene
 # ---------------------------------------------------------------------------------------------------------
 # counting
 # ---------------------------------------------------------------------------------------------------------
+@njit(inline="always")
+def _batch_arrays(N, TT, k_ptr):
+    """Outputs and work arrays of one batch of LRs, shared by both counting kernels.
+
+    Returns raw, ge (n_lr, TT) int64 zeros; maxk, the most endpoints of one LR; pos = arange(N) and the
+    (6,) uint64 stream state of :func:`_sample`; samp, swaps (maxk,) int64; M (TT,) int64 zeros; nz (TT,) int64.
+    """
+    n_lr = k_ptr.shape[0] - 1
+    maxk = 0
+    for j in range(n_lr):
+        maxk = max(maxk, k_ptr[j + 1] - k_ptr[j])
+    return (np.zeros((n_lr, TT), np.int64), np.zeros((n_lr, TT), np.int64), maxk, np.arange(N),
+            np.zeros(6, np.uint64), np.empty(maxk, np.int64), np.empty(maxk, np.int64), np.zeros(TT, np.int64),
+            np.empty(TT, np.int64))
+
+
+@njit(inline="always")
+def _lr_range(e_ptr, k_ptr, j):
+    # LR j of the batch: its edges e0..e1-1 and its K endpoints ka..ka+K-1
+    return e_ptr[j], e_ptr[j + 1], k_ptr[j], k_ptr[j + 1] - k_ptr[j]
+
+
+@njit(inline="always")
+def _observe(M, raw_j, nz):
+    # move the observed counts M into raw_j (M is left zero) and list their non-zero cells in nz[:n_nz]
+    n_nz = 0
+    for x in range(M.shape[0]):
+        raw_j[x] = M[x]
+        if M[x] > 0:
+            nz[n_nz] = x
+            n_nz += 1
+        M[x] = 0
+    return n_nz
+
+
+@njit(inline="always")
+def _exceed(ge_j, raw_j, M, nz, n_nz):
+    # one permutation's counts M: count, over the observed non-zero cells, those reaching the observed value
+    for y in range(n_nz):
+        x = nz[y]
+        if M[x] >= raw_j[x]:
+            ge_j[x] += 1
+
+
 @njit(inline="always")
 def _count_discrete(M, lab, eu, ev, mut, e0, e1, T):
     # oriented edges by (type(u), type(v)); a mutual same-type pair counts once on the diagonal
@@ -284,34 +253,16 @@ def discrete_batch(codes, T, e_ptr, eu, ev, mut, k_ptr, endpoints, keys, n_perms
     N = codes.shape[0]
     n_lr = e_ptr.shape[0] - 1
     TT = T * T
-    raw = np.zeros((n_lr, TT), np.int64)
-    ge = np.zeros((n_lr, TT), np.int64)
-    maxk = 0
-    for j in range(n_lr):
-        maxk = max(maxk, k_ptr[j + 1] - k_ptr[j])
-    pos = np.arange(N)
-    st = np.zeros(6, np.uint64)
-    samp = np.empty(maxk, np.int64)
-    swaps = np.empty(maxk, np.int64)
+    raw, ge, maxk, pos, st, samp, swaps, M, nz = _batch_arrays(N, TT, k_ptr)
     lab = np.empty(maxk, np.int64)
-    M = np.zeros(TT, np.int64)
-    nz = np.empty(TT, np.int64)
     c1 = np.uint64(0)
     c3 = np.uint64(tag)
     for j in range(n_lr):
-        e0, e1 = e_ptr[j], e_ptr[j + 1]
-        ka = k_ptr[j]
-        K = k_ptr[j + 1] - ka
+        e0, e1, ka, K = _lr_range(e_ptr, k_ptr, j)
         for i in range(K):
             lab[i] = codes[endpoints[ka + i]]
         _count_discrete(M, lab, eu, ev, mut, e0, e1, T)
-        n_nz = 0
-        for x in range(TT):
-            raw[j, x] = M[x]
-            if M[x] > 0:
-                nz[n_nz] = x
-                n_nz += 1
-            M[x] = 0
+        n_nz = _observe(M, raw[j], nz)
         if n_nz == 0 or n_perms == 0:
             continue
         k0, k1 = keys[j, 0], keys[j, 1]
@@ -321,10 +272,7 @@ def discrete_batch(codes, T, e_ptr, eu, ev, mut, k_ptr, endpoints, keys, n_perms
             for i in range(K):
                 lab[i] = codes[samp[i]]
             _count_discrete(M, lab, eu, ev, mut, e0, e1, T)
-            for y in range(n_nz):
-                x = nz[y]
-                if M[x] >= raw[j, x]:
-                    ge[j, x] += 1
+            _exceed(ge[j], raw[j], M, nz, n_nz)
             if small:
                 M[:] = 0
             else:
@@ -384,37 +332,19 @@ def sets_batch(pres, columns, e_ptr, eu, ev, mut, k_ptr, endpoints, keys, n_perm
     T = pres.shape[1]
     n_lr = e_ptr.shape[0] - 1
     TT = T * T
-    raw = np.zeros((n_lr, TT), np.int64)
-    ge = np.zeros((n_lr, TT), np.int64)
-    maxk = 0
-    for j in range(n_lr):
-        maxk = max(maxk, k_ptr[j + 1] - k_ptr[j])
-    pos = np.arange(N)
-    st = np.zeros(6, np.uint64)
-    samp = np.empty(maxk, np.int64)
-    swaps = np.empty(maxk, np.int64)
+    raw, ge, maxk, pos, st, samp, swaps, M, nz = _batch_arrays(N, TT, k_ptr)
     pp = np.zeros((maxk, T), np.uint8)
     plist = np.empty((maxk, T), np.int64)
     pcount = np.empty(maxk, np.int64)
-    M = np.zeros(TT, np.int64)
-    nz = np.empty(TT, np.int64)
     c3 = np.uint64(tag)
     for j in range(n_lr):
-        e0, e1 = e_ptr[j], e_ptr[j + 1]
-        ka = k_ptr[j]
-        K = k_ptr[j + 1] - ka
+        e0, e1, ka, K = _lr_range(e_ptr, k_ptr, j)
         for i in range(K):
             for t in range(T):
                 pp[i, t] = pres[endpoints[ka + i], t]
         _lists(pp, plist, pcount, K, T)
         _count_sets(M, pp, plist, pcount, eu, ev, mut, e0, e1, T)
-        n_nz = 0
-        for x in range(TT):
-            raw[j, x] = M[x]
-            if M[x] > 0:
-                nz[n_nz] = x
-                n_nz += 1
-            M[x] = 0
+        n_nz = _observe(M, raw[j], nz)
         if n_nz == 0 or n_perms == 0:
             continue
         k0, k1 = keys[j, 0], keys[j, 1]
@@ -431,9 +361,6 @@ def sets_batch(pres, columns, e_ptr, eu, ev, mut, k_ptr, endpoints, keys, n_perm
                         pp[i, t] = pres[samp[i], t]
             _lists(pp, plist, pcount, K, T)
             _count_sets(M, pp, plist, pcount, eu, ev, mut, e0, e1, T)
-            for y in range(n_nz):
-                x = nz[y]
-                if M[x] >= raw[j, x]:
-                    ge[j, x] += 1
+            _exceed(ge[j], raw[j], M, nz, n_nz)
             M[:] = 0
     return raw, ge

@@ -1,5 +1,5 @@
 """GPU (numba.cuda) kernel of the LR background exceedance counts: the same arithmetic as the CPU kernel
-:func:`stdask.tl.cci.kernels.background_counts`, one thread per tested (row, LR) entry.
+:func:`stdask.backend.cpu.cci.background_counts`, one thread per tested (row, LR) entry.
 
 Bit-identical to the CPU counts: every product in the score has a 0/1 indicator factor, so it is exact,
 and a fused multiply-add of an exact product rounds like the separate multiply and add; the comparison is
@@ -36,9 +36,9 @@ def _counts_kernel(xd, md, t_row, t_lr, t_obs, pl, pr, m, out):
         out[e] = c
 
 
-def background_counts_gpu(x: sp.csr_matrix, means: sp.csr_matrix, t_row: np.ndarray, t_lr: np.ndarray,
-                          t_obs: np.ndarray, pl: np.ndarray, pr: np.ndarray, m: float,
-                          block_rows: int = 4096) -> np.ndarray:
+def background_counts(x: sp.csr_matrix, means: sp.csr_matrix, t_row: np.ndarray, t_lr: np.ndarray,
+                      t_obs: np.ndarray, pl: np.ndarray, pr: np.ndarray, m: float,
+                      block_rows: int = 4096) -> np.ndarray:
     """Background exceedance counts of tested entries on the GPU.
 
     Parameters
@@ -56,7 +56,7 @@ def background_counts_gpu(x: sp.csr_matrix, means: sp.csr_matrix, t_row: np.ndar
 
     Returns
     -------
-    (n_entries,) int64 counts, equal to :func:`stdask.tl.cci.kernels.background_counts`.
+    (n_entries,) int64 counts, equal to :func:`stdask.backend.cpu.cci.background_counts`.
     """
     kernel = _counts_kernel
     out = np.zeros(len(t_lr), dtype=np.int64)

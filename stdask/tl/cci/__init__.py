@@ -4,7 +4,5 @@ from .result import CCIResult
 from .run import run
 from .adjust import adj_pvals
 from .interactions import CCIInteractions, run_cci
-from .report import report
-from . import export as _export  # noqa: F401  (registers the stLearn-layout AnnData export)
 
-__all__ = ["load_lrs", "LRPairs", "run", "adj_pvals", "CCIResult", "run_cci", "CCIInteractions", "report"]
+__all__ = ["load_lrs", "LRPairs", "run", "adj_pvals", "CCIResult", "run_cci", "CCIInteractions"]

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import warnings
 
-from .interactions import mark_stale
+from .interaction_result import mark_stale
 from .result import CCIResult
 
 
-def adj_pvals(data, correct_axis: str | None = "spot", pval_adj_cutoff: float = 0.05, adj_method: str = "fdr_bh"):
+def adj_pvals(data, correct_axis: str | None = "spot", pval_adj_cutoff: float = 0.05, adj_method: str = "fdr_bh",
+              *, copy: bool = False) -> CCIResult:
     """Recompute adjusted p-values, significance counts and the ``lr_summary`` order.
 
     Parameters
@@ -22,6 +23,13 @@ def adj_pvals(data, correct_axis: str | None = "spot", pval_adj_cutoff: float = 
         Cutoff for both counts: ``n_spots_sig`` uses adjusted p-values, ``n_spots_sig_pval`` raw p-values.
     adj_method
         statsmodels ``multipletests`` method (``fdr_bh`` runs natively, vectorised).
+    copy
+        With a dataset: return the re-corrected result without recording it (the package's write convention,
+        :mod:`stdask.results`). A :class:`CCIResult` given is never modified.
+
+    Returns
+    -------
+    The re-corrected :class:`CCIResult`.
 
     Notes
     -----
@@ -31,6 +39,8 @@ def adj_pvals(data, correct_axis: str | None = "spot", pval_adj_cutoff: float = 
     if isinstance(data, CCIResult):
         return data.adjusted(correct_axis, pval_adj_cutoff, adj_method)
     res = CCIResult.load(data).adjusted(correct_axis, pval_adj_cutoff, adj_method)
+    if copy:
+        return res
     res.store(data)
     stale = mark_stale(data)
     if stale:

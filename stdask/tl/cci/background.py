@@ -7,11 +7,13 @@ scheduler stays small; the expansion is deterministic (keyed streams), so any wo
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
+from .features import GeneValues, column_quantiles, matched_genes
 from .pairs import random_pairs
 
 
@@ -79,6 +81,49 @@ def background_tables(bg: Background, columns: np.ndarray) -> tuple[np.ndarray, 
     lookup = np.full(int(columns.max()) + 1, -1, dtype=np.int32)
     lookup[columns] = np.arange(len(columns), dtype=np.int32)
     return lookup[pl], lookup[pr]
+
+
+def matched_background(nz: Callable[[int], np.ndarray], lr_genes: np.ndarray, n_vars: int, n_obs: int,
+                       n_pairs: int, var_names, lr_q: np.ndarray | None = None) -> dict[int, np.ndarray]:
+    """Each LR gene's expression-matched background genes (stLearn's rule).
+
+    The candidates are the genes outside ``lr_genes``; each LR gene keeps the ``round(2 sqrt(n_pairs))``
+    candidates nearest in their 12 expression quantiles (:func:`~.features.matched_genes`).
+
+    Parameters
+    ----------
+    nz
+        ``nz(g)``: (nnz_g,) the non-zero values of gene ``g`` over all observations.
+    lr_genes
+        (n_lr_genes,) sorted var indices of the genes of the LR pairs tested.
+    n_vars, n_obs
+        Genes and observations of the dataset.
+    n_pairs
+        Background pairs per LR.
+    var_names
+        (n_vars,) gene names (for the warning about genes with too few matches).
+    lr_q
+        (12, n_lr_genes) quantiles of ``lr_genes`` when the caller has them already.
+
+    Returns
+    -------
+    var index of an LR gene -> (n_found,) int64 var indices of its matched genes, nearest first.
+    """
+    n_genes = int(round(2 * np.sqrt(n_pairs)))
+    candidates = np.setdiff1d(np.arange(n_vars), lr_genes)
+    if len(candidates) < n_genes:
+        raise ValueError(f"only {len(candidates)} genes outside the valid LR pairs, but {n_genes} background genes "
+                         f"per LR gene are needed for n_pairs={n_pairs}; the background needs non-LR genes")
+    if lr_q is None:
+        lr_q = column_quantiles(GeneValues(nz, lr_genes), n_obs)
+    cand_q = column_quantiles(GeneValues(nz, candidates), n_obs).astype(np.float32)
+    idx, n_found = matched_genes(lr_q.T, cand_q.T, n_genes)
+    matched = {int(g): candidates[idx[k, :n_found[k]]] for k, g in enumerate(lr_genes)}
+    short = [var_names[g] for k, g in enumerate(lr_genes) if n_found[k] < n_genes]
+    if short:
+        warnings.warn(f"fewer than {n_genes} matched background genes for {len(short)} gene(s) (e.g. {short[:3]}); "
+                      "using those available", stacklevel=3)
+    return matched
 
 
 class BackgroundPairs(Mapping):

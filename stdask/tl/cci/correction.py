@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernels import bh_segments
+from ...backend import get_kernel
 
 
 def adjust_grouped(p: np.ndarray, group: np.ndarray, method: str = "fdr_bh") -> np.ndarray:
@@ -32,7 +32,7 @@ def adjust_grouped(p: np.ndarray, group: np.ndarray, method: str = "fdr_bh") -> 
     g = group[order]
     starts = np.flatnonzero(np.concatenate([[True], g[1:] != g[:-1], [True]])).astype(np.int64)
     if method == "fdr_bh":
-        out[order] = bh_segments(p[order], starts)
+        out[order] = get_kernel("bh_segments")(p[order], starts)
         return out
     from statsmodels.stats.multitest import multipletests
 

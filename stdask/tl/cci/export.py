@@ -1,12 +1,12 @@
-"""AnnData export in stLearn's layout, so stLearn users' downstream code and plots run unchanged."""
+"""AnnData export in stLearn's layout, so stLearn users' downstream code and plots run unchanged (registered
+with :func:`stdask.dataset.register_exporter` by the package's front door)."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from ...dataset import EXPORTERS
 from .result import CCIResult
-from .interactions import export_stlearn_interactions
+from .interaction_result import export_stlearn_interactions
 
 
 def export_stlearn(ds, adata) -> None:
@@ -35,7 +35,3 @@ def export_stlearn(ds, adata) -> None:
             {"neighbour_indices": [",".join(map(str, r)) for r in idx]}, index=adata.obs_names)
         adata.obsm["spot_neigh_bcs"] = pd.DataFrame(
             {"neighbour_bcs": [",".join(names[r]) for r in idx]}, index=adata.obs_names)
-
-
-if export_stlearn not in EXPORTERS:
-    EXPORTERS.append(export_stlearn)

@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from ...backend import get_kernel
+
 #: stLearn's 12 expression quantiles
 QUANTILES = np.array([0.5, 0.75, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.9975, 0.999, 1.0])
 
@@ -164,7 +166,5 @@ def matched_genes(ref_q: np.ndarray, cand_q: np.ndarray, n_genes: int) -> tuple[
     arithmetic, so the cut matches stLearn's); candidates at distance 0 are discarded; ties are broken by
     candidate position (Q2).
     """
-    from .kernels import canberra_topk
-
-    return canberra_topk(np.ascontiguousarray(ref_q, dtype=np.float32),
-                         np.ascontiguousarray(np.asarray(cand_q, dtype=np.float32).T), int(n_genes))
+    return get_kernel("canberra_topk")(np.ascontiguousarray(ref_q, dtype=np.float32),
+                                        np.ascontiguousarray(np.asarray(cand_q, dtype=np.float32).T), int(n_genes))

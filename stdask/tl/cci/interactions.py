@@ -10,8 +10,7 @@ dask tasks, and permutation k of an LR is drawn from a counter-based Philox stre
 from __future__ import annotations
 
 import time
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import dask
@@ -20,186 +19,17 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from ...backend import get_kernel
+from ...backend.cpu.interactions import STREAM_TAG
 from ...dataset import SpatialDataset
-from . import interaction_kernels as ik
-from .pairs import lr_key
+from ...random_streams import name_key
+from ...results import writes_results
+from .interaction_result import CCIInteractions
 from .result import CCIResult
 
 REFERENCE = "stLearn 1.2.2"
 #: deviations from the reference (spec section 15) that apply to run_cci; Q5/Q6 are quirks kept for parity
 DEVIATIONS = ("Q3", "Q5", "Q6", "Q10", "Q13", "Q19")
-KEY_PREFIX = "cci_interactions_"
-
-
-# ---------------------------------------------------------------------------------------------------------
-# the result
-# ---------------------------------------------------------------------------------------------------------
-@dataclass
-class CCIInteractions:
-    """Cell-type interaction results of :func:`run_cci` for one label.
-
-    Rows of every T x T matrix are the type of the significant (sender) spot, columns the type of its
-    neighbour (receiver).
-
-    Attributes
-    ----------
-    label
-        ``use_label`` exactly as passed (the suffix of stLearn's keys).
-    lrs
-        (n_lr,) str: the tested LRs, in ``lr_summary`` order.
-    types
-        (T,) str: the cell types, in matrix order.
-    raw
-        (n_lr, T, T) int64 observed counts M (distinct spot pairs).
-    sig
-        (n_lr, T, T) int64 M with entries of p > ``p_cutoff`` set to 0.
-    pvals
-        (n_lr, T, T) float64 permutation p-values #{k : M^k >= M} / n_perms (1 where M = 0 or n_perms = 0).
-    lr_summary
-        ``lr_summary`` with int64 ``n_cci_sig_<label>``, ``n-spot_cci_<label>``, ``n-spot_cci_sig_<label>``.
-    n_perms, seed, p_cutoff
-        As passed.
-    stale
-        True once ``adj_pvals`` changed the significance calls these counts were made from.
-    params
-        Provenance: reference, deviations, mode and the other arguments.
-    """
-
-    label: str
-    lrs: np.ndarray
-    types: np.ndarray
-    raw: np.ndarray
-    sig: np.ndarray
-    pvals: np.ndarray
-    lr_summary: pd.DataFrame
-    n_perms: int
-    seed: int
-    p_cutoff: float
-    stale: bool = False
-    params: dict = field(default_factory=dict)
-
-    # ---- stLearn's views ---------------------------------------------------------------------------------
-    def _frame(self, m: np.ndarray) -> pd.DataFrame:
-        t = pd.Index(self.types.astype(str))
-        return pd.DataFrame(m, index=t.copy(), columns=t.copy())
-
-    @property
-    def lr_cci(self) -> pd.DataFrame:
-        """Sum over LRs of the significant counts (stLearn ``uns['lr_cci_<label>']``)."""
-        return self._frame(self.sig.sum(axis=0).astype(np.int64))
-
-    @property
-    def lr_cci_raw(self) -> pd.DataFrame:
-        """Sum over LRs of the raw counts (stLearn ``uns['lr_cci_raw_<label>']``)."""
-        return self._frame(self.raw.sum(axis=0).astype(np.int64))
-
-    def per_lr(self, kind: str = "sig") -> dict[str, pd.DataFrame]:
-        """``{lr: T x T DataFrame}`` of ``kind`` = ``'sig'``, ``'raw'`` or ``'pvals'``."""
-        arr = {"sig": self.sig, "raw": self.raw, "pvals": self.pvals}[kind]
-        return {str(lr): self._frame(arr[i]) for i, lr in enumerate(self.lrs)}
-
-    def stlearn_uns(self) -> dict[str, Any]:
-        """stLearn's ``uns`` entries: ``lr_summary``, ``lr_cci_<label>``, ``lr_cci_raw_<label>``,
-        ``per_lr_cci_<label>``, ``per_lr_cci_pvals_<label>`` and ``per_lr_cci_raw_<label>``."""
-        lab = self.label
-        return {"lr_summary": self.lr_summary,
-                f"lr_cci_{lab}": self.lr_cci,
-                f"lr_cci_raw_{lab}": self.lr_cci_raw,
-                f"per_lr_cci_{lab}": self.per_lr("sig"),
-                f"per_lr_cci_pvals_{lab}": self.per_lr("pvals"),
-                f"per_lr_cci_raw_{lab}": self.per_lr("raw")}
-
-    # ---- storage -----------------------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        """The stored form (``uns['cci_interactions_<label>']``)."""
-        return {"lrs": np.asarray(self.lrs, dtype=str), "types": np.asarray(self.types, dtype=str),
-                "raw": np.asarray(self.raw, dtype=np.int64), "sig": np.asarray(self.sig, dtype=np.int64),
-                "pvals": np.asarray(self.pvals, dtype=np.float64), "n_perms": int(self.n_perms),
-                "seed": int(self.seed), "p_cutoff": float(self.p_cutoff), "stale": bool(self.stale),
-                "params": _plain(self.params)}
-
-    @classmethod
-    def from_dict(cls, label: str, d: dict, lr_summary: pd.DataFrame) -> "CCIInteractions":
-        n_lr = len(d["lrs"])
-        T = len(d["types"])
-        shape = (n_lr, T, T)
-        return cls(str(label), _strs(d["lrs"]), _strs(d["types"]),
-                   np.asarray(d["raw"], dtype=np.int64).reshape(shape),
-                   np.asarray(d["sig"], dtype=np.int64).reshape(shape),
-                   np.asarray(d["pvals"], dtype=np.float64).reshape(shape), lr_summary, int(d["n_perms"]),
-                   int(d["seed"]), float(d["p_cutoff"]), bool(d.get("stale", False)), dict(d.get("params", {})))
-
-    def store(self, ds: SpatialDataset) -> None:
-        """Attach to ``ds`` (written by ``ds.write()``): the updated ``uns['lr_summary']``, the two summed
-        T x T DataFrames ``uns['lr_cci_<label>']`` / ``uns['lr_cci_raw_<label>']`` and the per-LR arrays
-        ``uns['cci_interactions_<label>']`` (the AnnData export rebuilds stLearn's per-LR dicts from them)."""
-        ds.set_result("uns", "lr_summary", self.lr_summary)
-        ds.set_result("uns", f"lr_cci_{self.label}", self.lr_cci)
-        ds.set_result("uns", f"lr_cci_raw_{self.label}", self.lr_cci_raw)
-        ds.set_result("uns", KEY_PREFIX + self.label, self.to_dict())
-
-    @classmethod
-    def load(cls, ds: SpatialDataset, use_label: str) -> "CCIInteractions":
-        """Read results stored by :meth:`store` (pending or written); warns when they are stale."""
-        try:
-            d = ds.get_result("uns", KEY_PREFIX + use_label)
-        except KeyError:
-            raise KeyError(f"no run_cci results for use_label={use_label!r} in {ds.path}; run "
-                           f"stdask.tl.cci.run_cci(ds, {use_label!r}, write=True) first") from None
-        out = cls.from_dict(use_label, d, ds.get_result("uns", "lr_summary"))
-        if out.stale:
-            warnings.warn(f"run_cci results for {use_label!r} are stale: adj_pvals changed the significance "
-                          "calls they were computed from; re-run run_cci", stacklevel=2)
-        return out
-
-
-def _strs(a) -> np.ndarray:
-    """A stored string array (numpy StringDType, object or unicode) as a unicode array."""
-    return np.array([str(x) for x in np.asarray(a).tolist()], dtype=str)
-
-
-def _plain(v):
-    """Provenance values as types every store encoding accepts."""
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items() if x is not None}
-    if isinstance(v, (list, tuple)):
-        return np.asarray([str(x) for x in v], dtype=str)
-    if isinstance(v, (bool, np.bool_)):
-        return bool(v)
-    return v
-
-
-def interaction_keys(ds: SpatialDataset) -> list[str]:
-    """``uns`` keys of run_cci results on ``ds`` (pending or stored)."""
-    keys = {k for slot, k in ds.pending if slot == "uns"}
-    try:
-        keys |= set(ds.store.table["uns"].keys()) if "uns" in ds.store.table else set()
-    except Exception:  # an unreadable uns group has no run_cci results we could mark
-        pass
-    return sorted(k for k in keys if k.startswith(KEY_PREFIX))
-
-
-def mark_stale(ds: SpatialDataset) -> list[str]:
-    """Flag every run_cci result on ``ds`` as stale (pending until ``ds.write()``); returns their keys.
-
-    Called by ``adj_pvals``: new significance calls invalidate the interaction counts (Q19).
-    """
-    keys = interaction_keys(ds)
-    for k in keys:
-        d = dict(ds.get_result("uns", k))
-        d["stale"] = True
-        ds.set_result("uns", k, d)
-    return keys
-
-
-def export_stlearn_interactions(ds, adata) -> None:
-    """AnnData export: stLearn's ``lr_cci_*`` / ``per_lr_cci_*`` keys from stored run_cci results."""
-    summary = adata.uns.get("lr_summary")
-    for key in [k for k in list(adata.uns.keys()) if str(k).startswith(KEY_PREFIX)]:
-        inter = CCIInteractions.from_dict(key[len(KEY_PREFIX):], adata.uns[key], summary)
-        for k, v in inter.stlearn_uns().items():
-            if k != "lr_summary":
-                adata.uns[k] = v
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -330,16 +160,17 @@ def _batch_task(data, a: int, b: int, e_ptr, eu, ev, mut, k_ptr, endpoints, keys
     ea, eb = e_ptr[a], e_ptr[b]
     ka, kb = k_ptr[a], k_ptr[b]
     args = (e_ptr[a:b + 1] - ea, eu[ea:eb], ev[ea:eb], mut[ea:eb], k_ptr[a:b + 1] - ka, endpoints[ka:kb],
-            keys[a:b], int(n_perms), ik.STREAM_TAG)
+            keys[a:b], int(n_perms), STREAM_TAG)
     if columns is None:
         codes, T = data
-        return ik.discrete_batch(codes, T, *args)
-    return ik.sets_batch(data, bool(columns), *args)
+        return get_kernel("discrete_batch")(codes, T, *args)
+    return get_kernel("sets_batch")(data, bool(columns), *args)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # run_cci
 # ---------------------------------------------------------------------------------------------------------
+@writes_results
 def run_cci(
     ds: SpatialDataset,
     use_label: str,
@@ -355,7 +186,6 @@ def run_cci(
     n_cpus: int | None = None,
     scheduler=None,
     progress: bool = True,
-    write: bool = False,
     lrs_per_task: int | None = None,
 ) -> CCIInteractions:
     """Cell-type x cell-type interactions per LR pair, as stLearn ``st.tl.cci.run_cci``.
@@ -398,16 +228,18 @@ def run_cci(
         Permutations; 0 gives raw counts only, with p = 1 everywhere.
     seed
         Keys the random streams: permutation k of LR j is drawn from the stream of
-        ``np.random.Philox(key=np.array([seed, lr_key(name)], dtype=np.uint64), counter=[0, column, k,
-        STREAM_TAG])`` (``lr_key``: BLAKE2b-64 of the name; column 0 for row permutations).
+        ``np.random.Philox(key=np.array([seed, name_key(name)], dtype=np.uint64), counter=[0, column, k,
+        STREAM_TAG])`` (``name_key``: BLAKE2b-64 of the name; column 0 for row permutations).
     mixture_key
         uns key (or the DataFrame itself) of the proportion table, overriding the default.
     n_cpus
         Ignored (the dask cluster sets the parallelism); accepted for stLearn compatibility.
     scheduler, progress
         Where the tasks run and whether to show progress (:func:`stdask.cluster.compute`).
-    write
-        Also store the results into ``ds`` (pending until ``ds.write()``; see :meth:`CCIInteractions.store`).
+    copy
+        Return the result without recording it on ``ds`` (by default it is recorded, pending until
+        ``ds.write()``: the updated ``uns['lr_summary']``, ``uns['lr_cci_<label>']``,
+        ``uns['lr_cci_raw_<label>']`` and ``uns['cci_interactions_<label>']``; see :meth:`CCIInteractions.store`).
     lrs_per_task
         LRs per dask task (default: about 4 tasks per core, balanced by cost). Results do not depend on it.
 
@@ -443,6 +275,27 @@ def run_cci(
       by rows, as stLearn decides "discrete" from the content.
     """
     t_start = time.perf_counter()
+    result, n_perms = _checked_inputs(ds, result, n_perms, seed)
+    cells = _cell_types(ds, use_label, spot_mixtures, mixture_key, cell_prop_cutoff)
+    tested = _tested_lrs(result, min_spots, sig_spots)
+    edges = _qualifying_edges(ds, result, tested, cells.rank, scheduler, progress)
+    raw, ge = _permutation_counts(edges, cells, tested.names, n_perms, seed, lrs_per_task, scheduler, progress)
+    pvals, sig_m, summary = _pvalues_and_summary(raw, ge, n_perms, p_cutoff, result.lr_summary, tested.index, use_label)
+    inter = CCIInteractions(
+        str(use_label), tested.names, np.asarray(cells.types, dtype=str), raw.astype(np.int64), sig_m, pvals,
+        summary, n_perms, int(seed), float(p_cutoff), False,
+        {"reference": REFERENCE, "deviations": list(DEVIATIONS), "min_spots": int(min_spots),
+         "sig_spots": bool(sig_spots), "spot_mixtures": bool(spot_mixtures),
+         "cell_prop_cutoff": float(cell_prop_cutoff), "distance": edges.radius,
+         "permutation": "rows" if cells.columns is None or not cells.columns else "columns",
+         "n_edges": int(len(edges.eu)), "seconds": round(time.perf_counter() - t_start, 3)})
+    inter.store(ds)
+    return inter
+
+
+def _checked_inputs(ds: SpatialDataset, result: CCIResult | None, n_perms: int, seed: int) -> tuple[CCIResult, int]:
+    """The ``run`` result to use (``result``, or the one stored on ``ds``) and ``n_perms`` as an int, after
+    checking that the result belongs to ``ds`` and that ``n_perms``, ``seed`` and the size are in range."""
     if result is None:
         result = CCIResult.load(ds)
     n_obs = ds.n_obs
@@ -456,10 +309,25 @@ def run_cci(
         raise ValueError(f"seed must be in [0, 2**64), got {seed}")
     if n_obs >= 2**32:
         raise ValueError(f"run_cci permutes at most 2**32 - 1 observations; the dataset has {n_obs:,}")
+    return result, n_perms
+
+
+@dataclass
+class _Cells:
+    """The spots' cell types as the permutation kernels take them."""
+
+    types: np.ndarray  # (T,) str type names
+    shared: Any  # one label per spot: ((N,) int64 codes in canonical order, T); else (N, T) uint8 presence
+    columns: bool | None  # None: one label per spot; False: presence rows permuted; True: each column alone
+    rank: np.ndarray  # (N,) int64 canonical (obs-name) rank of each row
+
+
+def _cell_types(ds: SpatialDataset, use_label: str, spot_mixtures: bool, mixture_key,
+                cell_prop_cutoff: float) -> _Cells:
+    """Types, per-spot presence and permutation mode, in canonical spot order (by obs name, so the draws do
+    not depend on the store's row order)."""
     obs_key, uns_key = _keys_of(use_label)
     labels = _labels(ds, obs_key)
-
-    # ---- cell data: types, presence, permutation mode -------------------------------------------------
     if spot_mixtures:
         types, D = _mixture(ds, uns_key if mixture_key is None else mixture_key, labels)
     else:
@@ -477,18 +345,27 @@ def run_cci(
         pres_rows = D > cell_prop_cutoff
         one_label = row_perm and bool(np.all(pres_rows.sum(axis=1) == 1))
         codes = np.argmax(pres_rows, axis=1).astype(np.int64) if one_label else None
-    # canonical spot order (by obs name): the draws do not depend on the store's row order
+    n_obs = ds.n_obs
     canon = np.argsort(pd.Index(ds.obs_names).astype(str).to_numpy(), kind="stable")
     rank = np.empty(n_obs, np.int64)
     rank[canon] = np.arange(n_obs)
     if one_label:
-        shared = (np.ascontiguousarray(codes[canon]), T)
-        columns = None
-    else:
-        shared = np.ascontiguousarray(pres_rows[canon].astype(np.uint8))
-        columns = not row_perm
+        return _Cells(types, (np.ascontiguousarray(codes[canon]), T), None, rank)
+    return _Cells(types, np.ascontiguousarray(pres_rows[canon].astype(np.uint8)), not row_perm, rank)
 
-    # ---- tested LRs and their significant spots -------------------------------------------------------
+
+@dataclass
+class _Tested:
+    """The LRs tested and their senders."""
+
+    index: np.ndarray  # positions in lr_summary
+    names: np.ndarray  # str LR names
+    s_ptr: np.ndarray  # (n_tested + 1,) int64: LR j's senders are s_rows[s_ptr[j]:s_ptr[j + 1]]
+    s_rows: np.ndarray  # int64 rows, ascending per LR
+
+
+def _tested_lrs(result: CCIResult, min_spots: int, sig_spots: bool) -> _Tested:
+    """LRs with more than ``min_spots`` (significant) spots, and each one's sender spots."""
     summary = result.lr_summary
     col = "n_spots_sig" if sig_spots else "n_spots"
     tested = np.flatnonzero(summary[col].to_numpy() > min_spots)
@@ -504,12 +381,29 @@ def run_cci(
         sig = result.scores > 0
     sig = sp.csc_matrix(sig[:, tested])
     sig.sort_indices()
-    s_ptr, s_rows = sig.indptr.astype(np.int64), sig.indices.astype(np.int64)
+    return _Tested(tested, lrs, sig.indptr.astype(np.int64), sig.indices.astype(np.int64))
 
-    # ---- expression of the LR genes, the neighbourhood, the edges -------------------------------------
+
+@dataclass
+class _Edges:
+    """Every tested LR's qualifying edges (``build_edges``), endpoints renumbered canonically."""
+
+    radius: float  # the neighbourhood radius run used (0: within-spot mode)
+    e_ptr: np.ndarray  # (n_tested + 1,) LR j's edges are eu/ev/mut[e_ptr[j]:e_ptr[j + 1]]
+    eu: np.ndarray  # sender endpoint of each edge (position among the LR's endpoints)
+    ev: np.ndarray  # receiver endpoint
+    mut: np.ndarray  # edge qualifies in both directions
+    k_ptr: np.ndarray  # (n_tested + 1,) LR j's endpoints are endpoints[k_ptr[j]:k_ptr[j + 1]]
+    endpoints: np.ndarray  # canonical rank of each endpoint spot
+
+
+def _qualifying_edges(ds: SpatialDataset, result: CCIResult, tested: _Tested, rank: np.ndarray, scheduler,
+                      progress: bool) -> _Edges:
+    """Expression of the LR genes, the neighbourhood ``run`` used, and from them the qualifying edges."""
+    n_obs = ds.n_obs
     var = pd.Index(ds.var_names)
-    lig = var.get_indexer(result.pairs.ligand[tested])
-    rec = var.get_indexer(result.pairs.receptor[tested])
+    lig = var.get_indexer(result.pairs.ligand[tested.index])
+    rec = var.get_indexer(result.pairs.receptor[tested.index])
     if (lig < 0).any() or (rec < 0).any():
         raise ValueError("the result names LR genes that are not in ds.var_names; pass the result of run() on ds")
     genes = np.unique(np.concatenate([lig, rec]))
@@ -526,28 +420,39 @@ def run_cci(
         g = _graph(ds, radius, scheduler, progress)
         g_ptr, g_idx = g.indptr.astype(np.int64), g.indices.astype(np.int64)
         deg = np.diff(g_ptr)
-    cap = int(deg[s_rows].sum())
-    e_ptr, eu, ev, mut, k_ptr, endpoints = ik.build_edges(
-        n_obs, g_ptr, g_idx, within, s_ptr, s_rows, x_ptr, x_rows, np.searchsorted(genes, lig),
+    cap = int(deg[tested.s_rows].sum())
+    e_ptr, eu, ev, mut, k_ptr, endpoints = get_kernel("build_edges")(
+        n_obs, g_ptr, g_idx, within, tested.s_ptr, tested.s_rows, x_ptr, x_rows, np.searchsorted(genes, lig),
         np.searchsorted(genes, rec), cap)
     eu, ev, k_ptr, endpoints = _canonical(eu, ev, e_ptr, k_ptr, rank[endpoints])
+    return _Edges(radius, e_ptr, eu, ev, mut, k_ptr, endpoints)
 
-    # ---- counting and permutations, in LR batches -----------------------------------------------------
-    keys = np.array([[int(seed), lr_key(name)] for name in lrs], dtype=np.uint64).reshape(-1, 2)
-    n_e, n_k = np.diff(e_ptr), np.diff(k_ptr)
-    cost = (n_perms + 1) * (n_e + n_k * (1 if columns is None else T)) + 1.0
-    batches = _batches(cost, lrs_per_task)
+
+def _permutation_counts(edges: _Edges, cells: _Cells, lrs: np.ndarray, n_perms: int, seed: int,
+                        lrs_per_task: int | None, scheduler, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(n_tested, T, T) observed counts M and #{k : M^k >= M}, in LR batches (dask tasks)."""
     from ...cluster import compute
 
-    shared_d = dask.delayed(shared, pure=True)
+    T = len(cells.types)
+    keys = np.array([[int(seed), name_key(name)] for name in lrs], dtype=np.uint64).reshape(-1, 2)
+    n_e, n_k = np.diff(edges.e_ptr), np.diff(edges.k_ptr)
+    cost = (n_perms + 1) * (n_e + n_k * (1 if cells.columns is None else T)) + 1.0
+    batches = _batches(cost, lrs_per_task)
+    shared_d = dask.delayed(cells.shared, pure=True)
     task = dask.delayed(_batch_task, pure=True)
-    arrays = [dask.delayed(a, pure=True) for a in (e_ptr, eu, ev, mut, k_ptr, endpoints, keys)]
-    tasks = [task(shared_d, a, b, *arrays, n_perms, columns) for a, b in batches]
+    arrays = [dask.delayed(a, pure=True)
+              for a in (edges.e_ptr, edges.eu, edges.ev, edges.mut, edges.k_ptr, edges.endpoints, keys)]
+    tasks = [task(shared_d, a, b, *arrays, n_perms, cells.columns) for a, b in batches]
     out = compute(*tasks, scheduler=scheduler, progress=progress, desc=f"run_cci: {n_perms} permutations")
     raw = np.concatenate([o[0] for o in out]).reshape(len(lrs), T, T)
     ge = np.concatenate([o[1] for o in out]).reshape(len(lrs), T, T)
+    return raw, ge
 
-    # ---- p-values, significant counts, summary ---------------------------------------------------------
+
+def _pvalues_and_summary(raw: np.ndarray, ge: np.ndarray, n_perms: int, p_cutoff: float, summary: pd.DataFrame,
+                         tested: np.ndarray, use_label: str) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """p-values, the significant counts (M where p <= ``p_cutoff``) and ``lr_summary`` with stLearn's three
+    ``run_cci`` columns (0 for untested LRs)."""
     if n_perms > 0:
         pvals = np.where(raw > 0, ge / float(n_perms), 1.0)
     else:
@@ -560,17 +465,7 @@ def run_cci(
         column = np.zeros(len(new), np.int64)
         column[tested] = vals
         new[name] = column
-    inter = CCIInteractions(
-        str(use_label), lrs, np.asarray(types, dtype=str), raw.astype(np.int64), sig_m, pvals, new, n_perms,
-        int(seed), float(p_cutoff), False,
-        {"reference": REFERENCE, "deviations": list(DEVIATIONS), "min_spots": int(min_spots),
-         "sig_spots": bool(sig_spots), "spot_mixtures": bool(spot_mixtures),
-         "cell_prop_cutoff": float(cell_prop_cutoff), "distance": radius,
-         "permutation": "rows" if columns is None or not columns else "columns",
-         "n_edges": int(len(eu)), "seconds": round(time.perf_counter() - t_start, 3)})
-    if write:
-        inter.store(ds)
-    return inter
+    return pvals, sig_m, new
 
 
 def _canonical(eu, ev, e_ptr, k_ptr, ep_rank):

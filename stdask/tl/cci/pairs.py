@@ -1,29 +1,15 @@
-"""Random background gene pairs drawn from counter-based streams keyed by the LR pair.
+"""Random background gene pairs drawn from counter-based streams keyed by the LR pair
+(:func:`stdask.random_streams.philox_stream` of (seed, LR name)).
 
 Each LR's pairs depend only on (seed, LR name, its matched genes), never on workers, tiles or the order
 LRs are processed in (Q3), so 1 worker and 8 give identical backgrounds.
 """
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 
-from .kernels import accept_pairs
-
-
-def lr_key(name: str) -> int:
-    """A stable 64-bit key of an LR name (BLAKE2b of its UTF-8 bytes)."""
-    return int.from_bytes(hashlib.blake2b(name.encode("utf-8"), digest_size=8).digest(), "little")
-
-
-def stream(seed: int, name: str, *extra: int) -> np.random.Generator:
-    """A Philox generator keyed by (seed, LR name[, extra counters])."""
-    key = lr_key(name)
-    for e in extra:
-        key = lr_key(f"{key}:{int(e)}")
-    # an explicit uint64 array: a Python list is converted through float64, which zeroes keys >= 2**63
-    return np.random.Generator(np.random.Philox(key=np.array([int(seed) & (2**64 - 1), key], dtype=np.uint64)))
+from ...backend import get_kernel
+from ...random_streams import philox_stream
 
 
 def check_possible(lig_genes: np.ndarray, rec_genes: np.ndarray, n_pairs: int, name: str) -> None:
@@ -58,7 +44,7 @@ def random_pairs(lig_genes: np.ndarray, rec_genes: np.ndarray, n_pairs: int, see
     lig_genes = np.asarray(lig_genes, dtype=np.int64)
     rec_genes = np.asarray(rec_genes, dtype=np.int64)
     check_possible(lig_genes, rec_genes, n_pairs, name)
-    rng = stream(seed, name)
+    rng = philox_stream(seed, name)
     taken = np.zeros((len(lig_genes), len(rec_genes)), dtype=np.bool_)
     out_l = np.empty(n_pairs, dtype=np.int64)
     out_r = np.empty(n_pairs, dtype=np.int64)
@@ -68,5 +54,5 @@ def random_pairs(lig_genes: np.ndarray, rec_genes: np.ndarray, n_pairs: int, see
         # the pairs equal one-at-a-time rejection whatever the batch size. A batch is sized for the usual
         # few percent of rejections; a shortfall just draws another batch
         m = n_pairs - n
-        n = accept_pairs(rng.random((m + m // 4 + 64, 2)), lig_genes, rec_genes, taken, out_l, out_r, n, n_pairs)
+        n = get_kernel("accept_pairs")(rng.random((m + m // 4 + 64, 2)), lig_genes, rec_genes, taken, out_l, out_r, n, n_pairs)
     return np.column_stack([out_l, out_r])

@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .database import LRPairs
+from ...backend import get_kernel
 from .correction import adjust_grouped
-from .kernels import sort_rows_inplace, summary_counts
+from .database import LRPairs
 
 STLEARN_KEYS = ("lr_scores", "p_vals", "p_adjs", "-log10(p_adjs)", "lr_sig_scores")
 
@@ -36,7 +36,7 @@ def _csr_structure(n_obs: int, rows: np.ndarray, cols: np.ndarray, values: list[
     indptr = np.zeros(n_obs + 1, dtype=np.int64)
     np.cumsum(np.bincount(rows, minlength=n_obs), out=indptr[1:])
     indices = np.ascontiguousarray(cols, dtype=np.int32)
-    sort_rows_inplace(indptr, indices, *values)
+    get_kernel("sort_rows_inplace")(indptr, indices, *values)
     if indptr[-1] < 2**31:
         indptr = indptr.astype(np.int32)
     return indptr, indices, values
@@ -81,9 +81,9 @@ class CCIResult:
                      cutoff, lrfeatures, params, background_pairs=None, consume: bool = False) -> "CCIResult":
         n_lr = len(pairs)
         names = pairs.names
-        n_spots, n_sig, n_sig_p = summary_counts(np.asarray(pair), np.asarray(score, dtype=np.float64),
-                                                 np.asarray(count), np.asarray(padj, dtype=np.float64), n_lr,
-                                                 float(n_pairs), float(min_expr), float(cutoff))
+        n_spots, n_sig, n_sig_p = get_kernel("summary_counts")(
+            np.asarray(pair), np.asarray(score, dtype=np.float64), np.asarray(count),
+            np.asarray(padj, dtype=np.float64), n_lr, float(n_pairs), float(min_expr), float(cutoff))
         order = np.lexsort((names.astype(str), -n_sig))  # Q1: n_spots_sig desc, then name
         rank = np.empty(n_lr, np.int64)
         rank[order] = np.arange(n_lr)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -26,15 +25,16 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from ...backend import get_kernel
 from ...dataset import SpatialDataset, Tile
+from ...gr.neighbors import resolve_distance
+from ...results import writes_results
 from ...settings import settings
 from ...tilemap import map_tiles, reuse_tiles
 from .correction import adjust_grouped
 from .database import LRPairs, as_pairs
-from .features import (QUANTILES, GeneValues, column_quantiles, column_quantiles_and_median, lr_features,
-                       matched_genes)
-from .background import Background, BackgroundPairs, background_tables
-from .kernels import background_counts, pair_scores
+from .background import Background, BackgroundPairs, background_tables, matched_background
+from .features import GeneValues, column_quantiles_and_median, lr_features
 from .neighbourhood import neighbour_means, neighbour_means_sparse, tile_neighbourhood
 from .pairs import check_possible
 from .result import CCIResult
@@ -42,21 +42,6 @@ from .result import CCIResult
 REFERENCE = "stLearn 1.2.2"
 DEVIATIONS = ("Q1", "Q2", "Q3", "Q7", "Q8", "Q9", "Q13", "Q15", "Q16", "Q17", "Q18", "Q20", "Q21")
 _ROW_BLOCK = 4096
-
-
-def resolve_distance(ds: SpatialDataset, distance: float | None) -> float:
-    """The neighbourhood radius in store units (``None`` -> 2 x spot diameter; 0 -> within-spot)."""
-    if distance is None:
-        if ds.spot_diameter is None:
-            raise ValueError(
-                f"{ds.path}: no spot diameter is recorded, so distance=None (2 x spot diameter) is undefined; "
-                f"pass distance= in store units ({ds.unit}), e.g. about 1.5 x the spacing of neighbouring "
-                "cells or bins, or distance=0 for within-spot mode")
-        return 2.0 * float(ds.spot_diameter)
-    distance = float(distance)
-    if not np.isfinite(distance) or distance < 0:
-        raise ValueError(f"distance must be None, 0 (within-spot) or a positive radius, got {distance!r}")
-    return distance
 
 
 def _tile_matrix(tile: Tile) -> sp.csc_matrix:
@@ -73,9 +58,8 @@ def _observed(x_own: sp.csr_matrix, means_of, lcol: np.ndarray, rcol: np.ndarray
     rows, pair, score = [], [], []
     for a in range(0, x_own.shape[0], _ROW_BLOCK):
         b = min(a + _ROW_BLOCK, x_own.shape[0])
-        s = pair_scores(np.ascontiguousarray(x_own[a:b].toarray(), dtype=np.float64),
-                        np.ascontiguousarray(means_of(a, b)), lcol, rcol,
-                        float(min_expr))
+        s = get_kernel("pair_scores")(np.ascontiguousarray(x_own[a:b].toarray(), dtype=np.float64),
+                                      np.ascontiguousarray(means_of(a, b)), lcol, rcol, float(min_expr))
         i, j = np.nonzero(s > 0)  # row-major: entries come grouped by row
         rows.append(i + a)
         pair.append(j)
@@ -100,8 +84,9 @@ def _pass1(tile: Tile, *, radius: float, genes: np.ndarray, lcol: np.ndarray, rc
     for a in range(0, tile.n_own, _ROW_BLOCK):
         b = min(a + _ROW_BLOCK, tile.n_own)
         rows = None if (a, b) == (0, tile.n_own) else np.arange(a, b)  # one block: no row-subset copy of W
-        s = pair_scores(np.ascontiguousarray(x_own[a:b].toarray(), dtype=np.float64),
-                        np.ascontiguousarray(neighbour_means(nb, Xg, rows)), lcol, rcol, float(min_expr))
+        s = get_kernel("pair_scores")(np.ascontiguousarray(x_own[a:b].toarray(), dtype=np.float64),
+                                      np.ascontiguousarray(neighbour_means(nb, Xg, rows)), lcol, rcol,
+                                      float(min_expr))
         n_pos += np.count_nonzero(s > 0, axis=0)
     return {"n_pos": n_pos, "n_neighbours": nb.counts,
             "csc_indptr": own.indptr.astype(np.int64), "csc_data": own.data,
@@ -128,15 +113,7 @@ def _pass2(tile: Tile, *, radius: float, columns: np.ndarray, genes: np.ndarray,
         x_own = X[a:b]
         rows, pair, score = _observed(x_own[:, genes], lambda i, j: np.asarray(means[i:j][:, genes].toarray()),
                                       lcol, rcol, min_expr)
-        if backend == "gpu":
-            from .kernels_cuda import background_counts_gpu
-
-            counts = background_counts_gpu(x_own, means, rows, pair, score, pl, pr, float(min_expr))
-        else:
-            t_ptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=b - a))]).astype(np.int64)
-            counts = background_counts(x_own.indptr.astype(np.int64), x_own.indices.astype(np.int64), x_own.data,
-                                       means.indptr.astype(np.int64), means.indices.astype(np.int64), means.data,
-                                       X.shape[1], t_ptr, pair.astype(np.int64), score, pl, pr, float(min_expr))
+        counts = get_kernel("background_counts", backend)(x_own, means, rows, pair, score, pl, pr, float(min_expr))
         p = np.maximum(counts, 1) / float(n_pairs)
         for k, v in (("rows", rows + a), ("pair", pair), ("score", score), ("count", counts),
                      ("padj", adjust_grouped(p, rows, adj_method))):
@@ -147,21 +124,6 @@ def _pass2(tile: Tile, *, radius: float, columns: np.ndarray, genes: np.ndarray,
     # compact dtypes: at 10^6 cells there are ~5 x 10^7 tested entries
     return {"rows": tile.rows[rows].astype(np.int32 if tile.rows.max(initial=0) < 2**31 else np.int64),
             "pair": pair.astype(np.int32), "score": score, "count": counts.astype(np.int32), "padj": padj}
-
-
-def _gather(parts: list[dict], keys: tuple[str, ...]) -> list[np.ndarray]:
-    """Concatenate each key's arrays over the task outputs, releasing every output once copied, so memory
-    peaks at one copy of the entries (not two)."""
-    n = sum(len(p[keys[0]]) for p in parts)
-    out = [np.empty(n, dtype=np.result_type(*[p[k].dtype for p in parts]) if parts else np.float64) for k in keys]
-    at = 0
-    while parts:
-        p = parts.pop(0)
-        m = len(p[keys[0]])
-        for arr, k in zip(out, keys):
-            arr[at:at + m] = p[k]
-        at += m
-    return out
 
 
 @dataclass
@@ -222,6 +184,7 @@ def _old_objects_frozen():
         gc.unfreeze()
 
 
+@writes_results
 @reuse_tiles()  # a slice run as one task reads its tile once for both passes
 @_old_objects_frozen()
 def run(
@@ -246,7 +209,6 @@ def run(
     scheduler=None,
     progress: bool = True,
     verbose: bool = True,
-    write: bool = False,
 ) -> CCIResult:
     """LR hotspot analysis as in stLearn ``st.tl.cci.run`` (per-spot backgrounds, per-spot BH).
 
@@ -290,8 +252,10 @@ def run(
         Work splitting and where it runs (:mod:`stdask.cluster`).
     verbose
         Print stLearn's neighbour and valid-pair messages.
-    write
-        Also store the results into ``ds`` (pending until ``ds.write()``).
+    copy
+        Return the result without recording it on ``ds`` (by default it is recorded, pending until
+        ``ds.write()``: stLearn's keys ``obsm['lr_scores' | 'p_adjs' | 'lr_pval_counts']``,
+        ``uns['lr_summary' | 'lrfeatures' | 'lr_cci']``).
 
     Returns
     -------
@@ -307,9 +271,38 @@ def run(
     backgrounds and empty results raise; Q20 hash-set duplicate check; Q21 stable lrfeatures ranks.
     """
     t_start = time.perf_counter()
+    _check_arguments(ds, n_pairs, layer, neg_binom, save_bg)
+    radius = resolve_distance(ds, distance, within_spot=True)
+    prep = _prepare_pairs(ds, as_pairs(lrs))
+    order_of = _order_map(ds, neighbour_order)
+    tiles = {"rows_per_task": rows_per_task, "scheduler": scheduler, "progress": progress}
+    parts = _run_pass1(ds, prep, radius, layer, min_expr, order_of, tiles)
+    valid = _valid_pairs(ds, parts, radius, layer, min_spots, allow_negative, verbose)
+    vpairs = LRPairs(prep.pairs.ligand[valid], prep.pairs.receptor[valid])
+    feats, bg = _background_setup(ds, vpairs, parts, n_pairs, seed, background_pairs)
+    del parts  # the tiles' non-zero values are no longer needed (at 10^6 cells they are ~1 GB)
+    res2 = _run_pass2(ds, bg, radius, layer, min_expr, order_of, n_pairs, adj_method, tiles)
+    rows, pair, score, count, padj = (res2.pop(k) for k in ("rows", "pair", "score", "count", "padj"))
+    result = CCIResult.from_entries(
+        n_obs=ds.n_obs, obs_names=ds.obs_names, pairs=vpairs, rows=rows, pair=pair, score=score, count=count,
+        padj=padj, n_pairs=n_pairs, min_expr=min_expr, cutoff=pval_adj_cutoff, lrfeatures=feats,
+        params={"reference": REFERENCE, "deviations": list(DEVIATIONS), "seed": int(seed), "n_pairs": int(n_pairs),
+                "min_spots": int(min_spots), "distance": float(radius), "min_expr": float(min_expr),
+                "adj_method": adj_method, "pval_adj_cutoff": float(pval_adj_cutoff), "layer": layer,
+                "replayed_background": background_pairs is not None, "exact_order": order_of is not None,
+                "seconds": round(time.perf_counter() - t_start, 3)},
+        background_pairs=BackgroundPairs(bg, pd.Index(ds.var_names).to_numpy()), consume=True,
+    )
+    result.store(ds)
+    return result
+
+
+def _check_arguments(ds: SpatialDataset, n_pairs: int, layer: str, neg_binom: bool, save_bg: bool) -> None:
+    """Refuse, before any work, stLearn options outside stdask's scope, too few background pairs and a layer
+    that is not stored."""
     if neg_binom:
         raise ValueError("neg_binom=True (negative-binomial p-values) is outside stdask's scope; "
-                                  "use the empirical background (neg_binom=False)")
+                         "use the empirical background (neg_binom=False)")
     if save_bg:
         raise ValueError("save_bg=True is not supported: stdask never materialises the background score matrix")
     if n_pairs < 100:
@@ -318,17 +311,22 @@ def run(
     if layer not in ds.store.matrix_names():
         raise ValueError(f"no stored matrix {layer!r} in {ds.path} (have {ds.store.matrix_names()}); "
                          "write pending layers first with ds.write()")
-    radius = resolve_distance(ds, distance)
-    prep = _prepare_pairs(ds, as_pairs(lrs))
-    order_of = _order_map(ds, neighbour_order)
-    n_obs, n_vars = ds.n_obs, ds.n_vars
 
-    # ---- pass 1: observed scores of every present pair, gene non-zeros -------------------------------------
-    res1 = map_tiles(ds, _pass1, halo=radius, layer=layer, rows_per_task=rows_per_task, scheduler=scheduler,
-                     progress=progress, desc="cci: observed scores", radius=radius, genes=prep.genes,
-                     lcol=prep.lcol, rcol=prep.rcol, min_expr=min_expr, n_vars=n_vars,
+
+def _run_pass1(ds: SpatialDataset, prep: _Prepared, radius: float, layer: str, min_expr: float,
+               order_of: dict | None, tiles: dict[str, Any]) -> list[dict]:
+    """Pass 1 over the tiles: each tile's :func:`_pass1` output (observed scores of every present pair,
+    the own rows' non-zeros by gene), in tile order."""
+    res1 = map_tiles(ds, _pass1, halo=radius, layer=layer, **tiles, desc="cci: observed scores", radius=radius,
+                     genes=prep.genes, lcol=prep.lcol, rcol=prep.rcol, min_expr=min_expr, n_vars=ds.n_vars,
                      order_of=dask.delayed(order_of, pure=True, traverse=False) if order_of is not None else None)
-    parts = [r for _, r in res1]
+    return [r for _, r in res1]
+
+
+def _valid_pairs(ds: SpatialDataset, parts: list[dict], radius: float, layer: str, min_spots: int,
+                 allow_negative: bool, verbose: bool) -> np.ndarray:
+    """Positions (in the prepared pairs) of the pairs scoring > 0 in more than ``min_spots`` observations,
+    after pass 1's checks: stLearn's neighbour line, some spot with a neighbour, no negative values."""
     if radius > 0:
         n_nb = np.concatenate([p["n_neighbours"] for p in parts])
         if verbose:  # stLearn's diagnostic line
@@ -348,25 +346,27 @@ def run(
     if len(valid) == 0:
         raise ValueError(f"no valid L-R pairs: no pair has a score > 0 in more than min_spots={min_spots} "
                          "observations; lower min_spots or check that the LR genes are expressed")
+    return valid
+
+
+def _background_setup(ds: SpatialDataset, vpairs: LRPairs, parts: list[dict], n_pairs: int, seed: int,
+                      background_pairs: Mapping[str, Any] | None) -> tuple[pd.DataFrame, Background]:
+    """The valid pairs' ``lrfeatures`` and their :class:`Background`: expression-matched genes, with the
+    recorded pairs to replay when ``background_pairs`` is given."""
+    n_obs, n_vars = ds.n_obs, ds.n_vars
 
     # a gene's non-zero values over all tiles, gathered when its quantiles are taken (one gene at a time, so
     # the tiles' values are never copied into one big regrouped array)
     def nz(g: int) -> np.ndarray:
         return np.concatenate([p["csc_data"][p["csc_indptr"][g]:p["csc_indptr"][g + 1]] for p in parts])
 
-    vpairs = LRPairs(prep.pairs.ligand[valid], prep.pairs.receptor[valid])
     var = pd.Index(ds.var_names)
     vl = var.get_indexer(vpairs.ligand)
     vr = var.get_indexer(vpairs.receptor)
     lr_genes = np.unique(np.concatenate([vl, vr]))
-    n_genes = int(round(2 * np.sqrt(n_pairs)))
-    candidates = np.setdiff1d(np.arange(n_vars), lr_genes)
-    if len(candidates) < n_genes:
-        raise ValueError(f"only {len(candidates)} genes outside the valid LR pairs, but {n_genes} background genes "
-                         f"per LR gene are needed for n_pairs={n_pairs}; the background needs non-LR genes")
     lr_q, lr_med = column_quantiles_and_median(GeneValues(nz, lr_genes), n_obs)
+    matched = matched_background(nz, lr_genes, n_vars, n_obs, n_pairs, var, lr_q)
     gq = {int(g): q for g, q in zip(lr_genes, lr_q.T)}
-    cand_q = column_quantiles(GeneValues(nz, candidates), n_obs).astype(np.float32)
     lq = np.array([gq[int(g)] for g in vl])
     rq = np.array([gq[int(g)] for g in vr])
     nzmed = {int(g): m for g, m in zip(lr_genes, lr_med)}
@@ -374,40 +374,40 @@ def run(
     names = vpairs.names
     feats = lr_features(lq, rq, np.array([nzmed[int(g)] for g in vl]), np.array([nzmed[int(g)] for g in vr]),
                         np.array([zero[int(g)] for g in vl]), np.array([zero[int(g)] for g in vr]), names)
-
-    # ---- matched genes and background pairs -----------------------------------------------------------------
-    match_genes = np.unique(np.concatenate([vl, vr]))
-    idx, n_found = matched_genes(np.array([gq[int(g)] for g in match_genes]), cand_q.T, n_genes)
-    matched = {int(g): candidates[idx[k, :n_found[k]]] for k, g in enumerate(match_genes)}
-    short = [var[g] for k, g in enumerate(match_genes) if n_found[k] < n_genes]
-    if short:
-        warnings.warn(f"fewer than {n_genes} matched background genes for {len(short)} gene(s) (e.g. {short[:3]}); "
-                      "using those available", stacklevel=2)
     replay = None
     if background_pairs is not None:
-        pl = np.empty((len(names), n_pairs), dtype=np.int32)
-        pr = np.empty_like(pl)
-        for j, name in enumerate(names):
-            if name not in background_pairs:
-                raise KeyError(f"background_pairs has no entry for valid pair {name!r}")
-            gp = np.asarray(background_pairs[name])
-            bp = np.column_stack([var.get_indexer(gp[:, 0]), var.get_indexer(gp[:, 1])])
-            if (bp < 0).any():
-                raise ValueError(f"background_pairs[{name!r}] names genes not in var_names")
-            if len(bp) != n_pairs:
-                raise ValueError(f"background_pairs[{name!r}] has {len(bp)} pairs; n_pairs is {n_pairs}")
-            pl[j], pr[j] = bp[:, 0], bp[:, 1]
-        replay = (pl, pr)
+        replay = _replayed_pairs(background_pairs, names, var, n_pairs)
     else:
         for j, name in enumerate(names):  # fail here, not in a task, if a pair has too few distinct draws
             check_possible(matched[int(vl[j])], matched[int(vr[j])], n_pairs, name)
-    bg = Background(names, vl, vr, matched, int(n_pairs), int(seed), replay)
+    return feats, Background(names, vl, vr, matched, int(n_pairs), int(seed), replay)
 
-    del parts, res1  # the tiles' non-zero values are no longer needed (at 10^6 cells they are ~1 GB)
 
-    # ---- pass 2: backgrounds, p-values, per-spot BH -----------------------------------------------------------
+def _replayed_pairs(background_pairs: Mapping[str, Any], names, var: pd.Index,
+                    n_pairs: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n_lr, n_pairs) int32 var indices (ligand side, receptor side) of the recorded background pairs."""
+    pl = np.empty((len(names), n_pairs), dtype=np.int32)
+    pr = np.empty_like(pl)
+    for j, name in enumerate(names):
+        if name not in background_pairs:
+            raise KeyError(f"background_pairs has no entry for valid pair {name!r}")
+        gp = np.asarray(background_pairs[name])
+        bp = np.column_stack([var.get_indexer(gp[:, 0]), var.get_indexer(gp[:, 1])])
+        if (bp < 0).any():
+            raise ValueError(f"background_pairs[{name!r}] names genes not in var_names")
+        if len(bp) != n_pairs:
+            raise ValueError(f"background_pairs[{name!r}] has {len(bp)} pairs; n_pairs is {n_pairs}")
+        pl[j], pr[j] = bp[:, 0], bp[:, 1]
+    return pl, pr
+
+
+def _run_pass2(ds: SpatialDataset, bg: Background, radius: float, layer: str, min_expr: float,
+               order_of: dict | None, n_pairs: int, adj_method: str, tiles: dict[str, Any]) -> dict:
+    """Pass 2 over the tiles (:func:`_pass2`: backgrounds, p-values, per-spot BH), the tiles' entries
+    concatenated."""
+    vl, vr, replay = bg.ligand, bg.receptor, bg.replay
     # pass 2 reads only the genes the LRs and their backgrounds use (a few thousand of a 20-30k panel)
-    bg_genes = [np.ravel(t) for t in (replay if replay is not None else matched.values())]
+    bg_genes = [np.ravel(t) for t in (replay if replay is not None else bg.matched.values())]
     columns = np.unique(np.concatenate([vl, vr, *bg_genes]))
     genes2 = np.searchsorted(columns, np.unique(np.concatenate([vl, vr])))
     pos2 = {g: k for k, g in enumerate(np.unique(np.concatenate([vl, vr])))}
@@ -417,25 +417,7 @@ def run(
     # (``bg`` as one literal with its own cheap token: an argument is otherwise walked field by field)
     tables_d = dask.delayed(background_tables, pure=True)(dask.delayed(bg, pure=True, traverse=False), columns)
     order_d = dask.delayed(order_of, pure=True, traverse=False) if order_of is not None else None
-    res2 = map_tiles(ds, _pass2, halo=radius, layer=layer, rows_per_task=rows_per_task, scheduler=scheduler,
-                     progress=progress, desc="cci: backgrounds", radius=radius, columns=columns, genes=genes2,
-                     lcol=lcol2,
-                     rcol=rcol2, min_expr=min_expr, order_of=order_d, tables=tables_d, n_pairs=n_pairs,
-                     backend=settings.backend,
-                     adj_method=adj_method)
-    out = [r for _, r in res2]
-    del res2
-    rows, pair, score, count, padj = _gather(out, ("rows", "pair", "score", "count", "padj"))
-    result = CCIResult.from_entries(
-        n_obs=n_obs, obs_names=ds.obs_names, pairs=vpairs, rows=rows, pair=pair, score=score, count=count, padj=padj,
-        n_pairs=n_pairs, min_expr=min_expr, cutoff=pval_adj_cutoff, lrfeatures=feats,
-        params={"reference": REFERENCE, "deviations": list(DEVIATIONS), "seed": int(seed), "n_pairs": int(n_pairs),
-                "min_spots": int(min_spots), "distance": float(radius), "min_expr": float(min_expr),
-                "adj_method": adj_method, "pval_adj_cutoff": float(pval_adj_cutoff), "layer": layer,
-                "replayed_background": background_pairs is not None, "exact_order": order_of is not None,
-                "seconds": round(time.perf_counter() - t_start, 3)},
-        background_pairs=BackgroundPairs(bg, var.to_numpy()), consume=True,
-    )
-    if write:
-        result.store(ds)
-    return result
+    return map_tiles(ds, _pass2, halo=radius, layer=layer, **tiles, desc="cci: backgrounds", radius=radius,
+                     columns=columns, genes=genes2, lcol=lcol2, rcol=rcol2, min_expr=min_expr, order_of=order_d,
+                     tables=tables_d, n_pairs=n_pairs, backend=settings.backend, adj_method=adj_method,
+                     combine="concat")

@@ -1,0 +1,39 @@
+"""``stdask ingest INPUT STORE``: convert an input file or folder into a tiled store."""
+from __future__ import annotations
+
+import argparse
+
+from ..io import source_formats
+
+
+def add_parser(sub, parents: list[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    """Add ``ingest`` to the sub-commands."""
+    pi = sub.add_parser("ingest", parents=parents,
+                        help="convert an input (GEM, GEF, MTX, Visium, h5ad) into a tiled store")
+    pi.add_argument("input")
+    pi.add_argument("store")
+    pi.add_argument("--format", choices=source_formats(), help="input format (default: from the file name)")
+    g = pi.add_mutually_exclusive_group()
+    g.add_argument("--bin", type=int, metavar="N", help="square bins of N x N DNB (GEM/GEF), 1..200")
+    g.add_argument("--cellbin", action="store_true", help="group DNB records by CellID (GEM/GEF)")
+    pi.add_argument("--tile-size", type=float, help="tile side in store units (default: ~16-20k obs per tile)")
+    pi.add_argument("--chunk-size", type=int, default=2_000_000, help="records per streamed chunk")
+    pi.add_argument("--pixel-size", type=float, help="um per pixel for cell_locations.tsv (MTX input)")
+    pi.add_argument("--spot-diameter", type=float, help="spot/cell diameter in store units")
+    pi.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    pi.set_defaults(func=run)
+    return pi
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..io.ingest import ingest
+
+    options = {}
+    if args.pixel_size is not None:
+        options["pixel_size"] = args.pixel_size
+    if args.spot_diameter is not None:
+        options["spot_diameter"] = args.spot_diameter
+    path = ingest(args.input, args.store, format=args.format, bin_size=args.bin, cellbin=args.cellbin,
+                  tile_size=args.tile_size, overwrite=args.overwrite, chunk_size=args.chunk_size, **options)
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,15 @@
+"""What each random stream of the synthetic generator draws: the ``purpose`` word of its key.
+
+Every random number of a synthetic slice comes from :func:`stdask.random_streams.sequence_stream` (or, for
+the count matrix, :func:`stdask.random_streams.sequence_key`) keyed by ``(seed, purpose, block)``, ``block``
+being the index of a fixed-size block of observations. A stream never depends on how the caller chunks its
+reads, so the same seed gives bit-identical data for any ``chunk_size``. The values are part of the keys:
+changing one changes every dataset drawn with it.
+"""
+from __future__ import annotations
+
+PARAMS = 0  #: global parameters: genes, markers, domains, hotspots
+OBS = 1  #: per-observation values: cell type, library size, hotspot role
+JITTER = 2  #: per-observation position jitter ("cells" layout)
+DNB = 3  #: placement of molecules on DNBs (GEM / GEF writers)
+COUNTS = 5  #: counter-based uniforms of the count matrix (:mod:`stdask.datasets.counts`)
