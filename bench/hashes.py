@@ -11,6 +11,9 @@ a change and ``diff`` the two outputs::
     diff before.txt after.txt
 
 Float arrays are hashed by their exact bytes (no rounding), tables by their CSV text at full precision.
+Run both from the same folder (the repository root): a store records its input's absolute path, so the two
+store-bytes hashes depend on where the inputs lie. ``hashes_6694ac6.txt`` is the baseline of the commit before
+the house refactor, run from the repository root.
 """
 from __future__ import annotations
 

@@ -345,7 +345,7 @@ def test_lr_analysis_survives_a_killed_worker(proc_cluster, small_tiles, tmp_pat
     n_tasks = len(tile_batches(ds, 1))  # per pass
     killer.start()
     try:
-        res = cci.run(ds, lrs, **CCI, rows_per_task=1, scheduler=proc_cluster.address, write=True, verbose=False)
+        res = cci.run(ds, lrs, **CCI, rows_per_task=1, scheduler=proc_cluster.address, verbose=False)
     finally:
         killer.finish()
     assert killer.lost is not None, "the victim never ran a task: nothing was killed"
