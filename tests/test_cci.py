@@ -16,7 +16,7 @@ import stdask
 from stdask.io.memory import AnnDataSource
 from stdask.tl import cci
 from stdask.tl.cci.correction import adjust_grouped
-from stdask.tl.cci.kernels import pair_scores
+from stdask.backend.cpu.cci import pair_scores
 from stdask.tl.cci.pairs import random_pairs
 
 DATA = Path(__file__).parent / "data"
@@ -300,11 +300,72 @@ def test_planted_hotspots_on_stdask_generator(tmp_path):
     assert max(ranks) <= 104
 
 
-def test_within_spot_mode(ref_ds):
-    res = cci.run(ref_ds, cci.load_lrs(), distance=0, min_spots=20, n_pairs=100, progress=False, verbose=False)
-    X = ref_ds.to_anndata().X.toarray().astype(np.float64)
-    var = pd.Index(ref_ds.var_names)
-    lig, rec = res.pairs.ligand[0], res.pairs.receptor[0]
-    xl, xr = X[:, var.get_loc(lig)], X[:, var.get_loc(rec)]
-    expect = (xl * (xr > 0) + (xl > 0) * xr + xr * (xl > 0) + (xr > 0) * xl) / 2
-    assert np.array_equal(res.scores[:, 0].toarray().ravel(), expect)
+#: the within-spot case: 5 spots one unit apart on a line (any radius mode would mix them), expression of two
+#: LR pairs and of six background genes B0..B5; 14 more genes C0..C13 only complete the 20 candidates that
+#: n_pairs=100 needs (their background is replayed, so they are never drawn)
+WITHIN_SPOT = {  # gene: values at spots w0..w4
+    "L1": [2, 4, 0, 1, 6], "R1": [3, 0, 0, 1, 1],
+    "L2": [1, 0, 3, 2, 0], "R2": [1, 5, 0, 2, 0],
+    "B0": [3, 1, 0, 0, 3], "B1": [3, 1, 0, 5, 3],
+    "B2": [1, 2, 0, 1, 0], "B3": [1, 2, 0, 1, 9],
+    # (B4, B5) scores 0 at w3; read as 1(0 >= m) the absent B5 would count and it would score 2, a tie
+    "B4": [5, 0, 1, 4, 7], "B5": [0, 0, 1, 0, 0],
+    **{f"C{k}": [k + 1, 0, 0, 0, 0] for k in range(14)},
+}
+#: replayed backgrounds (100 pairs each): L1_R1 10 x (B0, B1), 30 x (B2, B3), 60 x (B4, B5); L2_R2 50 x (B0, B1),
+#: 50 x (B2, B3)
+WITHIN_SPOT_BACKGROUND = {
+    "L1_R1": np.array([("B0", "B1")] * 10 + [("B2", "B3")] * 30 + [("B4", "B5")] * 60, dtype=object),
+    "L2_R2": np.array([("B0", "B1")] * 50 + [("B2", "B3")] * 50, dtype=object),
+}
+
+
+def within_spot_dataset(path) -> stdask.SpatialDataset:
+    genes = list(WITHIN_SPOT)
+    X = np.array([WITHIN_SPOT[g] for g in genes], dtype=np.float32).T
+    a = ad.AnnData(sp.csr_matrix(X), obs=pd.DataFrame(index=[f"w{i}" for i in range(5)]),
+                   var=pd.DataFrame(index=genes))
+    a.obsm["spatial"] = np.column_stack([np.arange(5.0), np.zeros(5)])
+    return stdask.read(stdask.ingest(AnnDataSource(a), path, progress=False))
+
+
+def by_spot(res, key: str) -> pd.DataFrame:
+    """One of stLearn's matrices as a (spot name x LR) table."""
+    return pd.DataFrame(res.dense(key), index=res.obs_names, columns=res.lrs).loc[[f"w{i}" for i in range(5)]]
+
+
+def test_within_spot_mode(tmp_path):
+    """distance=0: N(i) = {i}, so s_i = x_L 1(x_R > m) + x_R 1(x_L > m) (spec section 4), worked by hand.
+
+    m = 0. L1_R1: w0 2 + 3 = 5, w1 0 (no receptor), w2 0, w3 1 + 1 = 2, w4 6 + 1 = 7; L2_R2: w0 2, w3 4,
+    elsewhere 0. Backgrounds at the tested spots (score >= observed counts, ties included):
+    - L1_R1 at w0 (5): (B0,B1) scores 6 -> 10 of 100; (B2,B3) 2, (B4,B5) 0 -> p = 10/100 = 0.10;
+      at w3 (2): (B0,B1) 0 + 5 * 0 = 0, (B2,B3) 2 >= 2 (a tie counts) -> p = 30/100 = 0.30;
+      at w4 (7): (B0,B1) 6, (B2,B3) 0 + 9 * 0 = 0, (B4,B5) 0 -> no exceedance -> p = max(0, 1)/100 = 0.01.
+    - L2_R2 at w0 (2): (B0,B1) 6 and (B2,B3) 2 both >= 2 -> p = 100/100 = 1; at w3 (4): 0 and 2 -> p = 0.01.
+    BH per spot over the LRs tested there: w0 {0.10, 1} -> {0.10 / (1/2) = 0.20, 1}; w3 {0.30, 0.01} ->
+    {0.30, 0.01 / (1/2) = 0.02}; w4 {0.01} -> 0.01.
+    """
+    ds = within_spot_dataset(tmp_path / "w.zarr")
+    run = dict(distance=0, min_spots=1, n_pairs=100, background_pairs=WITHIN_SPOT_BACKGROUND, progress=False,
+               verbose=False)
+    res = cci.run(ds, ["L1_R1", "L2_R2"], **run)
+    assert list(res.lrs) == ["L1_R1", "L2_R2"]  # one significant spot each: ties ordered by name
+    expect = {"lr_scores": [[5, 2], [0, 0], [0, 0], [2, 4], [7, 0]],
+              "p_vals": [[0.10, 1.0], [1, 1], [1, 1], [0.30, 0.01], [0.01, 1]],
+              "p_adjs": [[0.20, 1.0], [1, 1], [1, 1], [0.30, 0.02], [0.01, 1]]}
+    for key, want in expect.items():
+        np.testing.assert_allclose(by_spot(res, key).to_numpy(), np.array(want, dtype=np.float64), rtol=1e-15,
+                                   atol=0, err_msg=key)
+    assert by_spot(res, "lr_sig_scores").to_numpy().tolist() == [[0, 0], [0, 0], [0, 0], [0, 4], [7, 0]]
+    s = res.lr_summary
+    assert s.loc["L1_R1"].tolist() == [3, 1, 1] and s.loc["L2_R2"].tolist() == [2, 1, 1]
+    # m = 1: the indicators need expression > 1. L1_R1: w0 2 * 1(3 > 1) + 3 * 1(2 > 1) = 5, w3 0 (1 is not > 1),
+    # w4 6 * 1(1 > 1) + 1 * 1(6 > 1) = 1; L2_R2 keeps only w3 (4), one spot: not more than min_spots=1, invalid.
+    # The background of L1_R1: (B0,B1) scores 6 at w0 and w4, the others 0 -> p = 0.10 at both; n_spots counts
+    # scores > m, so w4 (score 1) is tested but not counted.
+    strict = cci.run(ds, ["L1_R1", "L2_R2"], min_expr=1.0, **run)
+    assert list(strict.lrs) == ["L1_R1"]
+    assert by_spot(strict, "lr_scores")["L1_R1"].tolist() == [5, 0, 0, 0, 1]
+    np.testing.assert_allclose(by_spot(strict, "p_vals")["L1_R1"], [0.10, 1, 1, 1, 0.10], rtol=1e-15)
+    assert strict.lr_summary.loc["L1_R1"].tolist() == [1, 0, 0]

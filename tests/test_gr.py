@@ -1,6 +1,8 @@
 """Spatial graphs: radius, kNN, Delaunay and grid rings equal their global definitions for every tiling,
-scheduler and library split; storage, summary and bad input."""
+scheduler and library split, and squidpy's graphs (saved fixtures); storage, summary and bad input."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -285,36 +287,55 @@ def test_grid_rings(tmp_path, lattice, n_neighs, interior):
         assert deep.any() and np.all(g.summary.counts[deep] == interior[rings - 1])
 
 
-@pytest.mark.filterwarnings("ignore::FutureWarning")
-def test_graphs_match_squidpy(tmp_path, stores):
-    sq = pytest.importorskip("squidpy")
+SQUIDPY = Path(__file__).parent / "data" / "squidpy_graphs" / "squidpy_graphs.npz"
 
-    def squidpy_graph(ds, **kw):
-        b = ad.AnnData(obs=pd.DataFrame(index=ds.obs_names))
-        b.obsm["spatial"] = ds.coords
-        sq.gr.spatial_neighbors(b, **kw)
-        return b.obsp["spatial_connectivities"], b.obsp["spatial_distances"]
 
-    xs, ys = np.meshgrid(np.arange(10), np.arange(10))
-    lattices = {"hex": (hex_lattice(10), 6), "square4": (np.column_stack([xs.ravel(), ys.ravel()]) * 50.0, 4),
-                "square8": (np.column_stack([xs.ravel(), ys.ravel()]) * 50.0, 8)}
-    for name, (xy, k) in lattices.items():
-        ds = store_of(make_adata(xy), tmp_path / f"{name}.zarr", 400.0)
-        for rings in (1, 2):
-            g = gr.spatial_neighbors(ds, "grid", n_neighs=k, n_rings=rings, copy=True, scheduler="sync",
-                                     verbose=False)
-            conn, dist = squidpy_graph(ds, coord_type="grid", n_neighs=k, n_rings=rings)
-            assert (conn != g.connectivities).nnz == 0
-            assert np.array_equal(dist.toarray(), g.distances.toarray())
-    ds = stores[2000.0]
-    conn, _ = squidpy_graph(ds, coord_type="generic", delaunay=True)
-    assert (conn != gr.spatial_neighbors(ds, "delaunay", copy=True, verbose=False).connectivities).nnz == 0
-    conn, dist = squidpy_graph(ds, coord_type="generic", n_neighs=6)
-    g = gr.spatial_neighbors(ds, "knn", n_neighs=6, copy=True, scheduler="sync", verbose=False)
-    assert (conn != g.connectivities).nnz == 0 and np.allclose(dist.toarray(), g.distances.toarray())
-    conn, dist = squidpy_graph(ds, coord_type="generic", radius=40.0)
-    g = gr.spatial_neighbors(ds, distance=40.0, copy=True, scheduler="sync", verbose=False)
-    assert (conn != g.connectivities).nnz == 0 and np.allclose(dist.toarray(), g.distances.toarray())
+def squidpy_fixture(case: str) -> tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix]:
+    """squidpy's (coords, connectivities, distances) for ``case``, saved by
+    ``tests/data/squidpy_graphs/make_fixtures.py`` (rows in input order: observation ``o{i}`` is row i)."""
+    with np.load(SQUIDPY) as z:
+        n = len(z[f"{case}/coords"])
+        mats = [sp.csr_matrix((z[f"{case}/{k}_data"], z[f"{case}/{k}_indices"], z[f"{case}/{k}_indptr"]),
+                              shape=(n, n)) for k in ("conn", "dist")]
+        return z[f"{case}/coords"], *mats
+
+
+def in_input_order(ds, m: sp.csr_matrix) -> sp.csr_matrix:
+    """A (store order) graph of ``ds`` re-indexed so that observation ``o{i}`` is row and column i."""
+    perm = pd.Index(ds.obs_names).get_indexer([f"o{i}" for i in range(ds.n_obs)])
+    out = sp.csr_matrix(m)[perm][:, perm]
+    out.sort_indices()
+    return out
+
+
+#: fixture case -> stdask's method and arguments for the graph squidpy was asked for (make_fixtures.cases)
+SQUIDPY_CASES = {
+    **{f"grid_{name}_rings{rings}": ("grid", {"n_neighs": k, "n_rings": rings})
+       for name, k in (("hex", 6), ("square4", 4), ("square8", 8)) for rings in (1, 2)},
+    "generic_delaunay": ("delaunay", {}),
+    "generic_knn6": ("knn", {"n_neighs": 6}),
+    "generic_radius40": ("radius", {"distance": 40.0}),
+}
+
+
+@pytest.mark.parametrize("case", list(SQUIDPY_CASES))
+def test_graphs_match_squidpy(tmp_path, case):
+    """Edges and distances equal squidpy 1.8.2's ``spatial_neighbors`` (grid: ring numbers; generic: Euclidean
+    lengths), on lattices (tiles of 400 units, several per lattice) and the 1,200 random points."""
+    method, kw = SQUIDPY_CASES[case]
+    xy, conn, dist = squidpy_fixture(case)
+    if case.startswith("generic"):
+        assert np.array_equal(xy, POINTS)  # the fixture was made from the points of this module
+    ds = store_of(make_adata(xy), tmp_path / "s.zarr", 400.0)
+    g = gr.spatial_neighbors(ds, method, copy=True, scheduler="sync", verbose=False, **kw)
+    mine_c, mine_d = in_input_order(ds, g.connectivities), in_input_order(ds, g.distances)
+    assert edges(mine_c) == edges(conn), case
+    assert (mine_c != conn).nnz == 0 and mine_c.dtype == conn.dtype
+    assert edges(mine_d) == edges(dist)
+    if method == "grid":  # ring numbers: exact
+        assert (mine_d != dist).nnz == 0
+    else:
+        np.testing.assert_allclose(mine_d.data, dist.data, rtol=1e-12)
 
 
 # ------------------------------------------------------------------------------------------------

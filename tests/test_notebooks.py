@@ -24,6 +24,16 @@ def test_notebook_is_stored_without_outputs(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_checks_what_it_computes(path):
+    """A notebook that runs without error can still compute nonsense: each one asserts properties of its results
+    (shapes, keys, a planted truth recovered), so test_notebook_runs fails when they stop holding."""
+    nb = nbformat.read(path, as_version=4)
+    checking = [c for c in nb.cells if c.cell_type == "code"
+                and any(line.lstrip().startswith("assert ") for line in c.source.splitlines())]
+    assert len(checking) >= 4, f"{path.name}: only {len(checking)} code cells assert anything"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.setenv("STDASK_NB_N_OBS", "1500")
     monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)  # the notebooks run on the embedded default

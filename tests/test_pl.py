@@ -1,5 +1,6 @@
 """stdask.pl: stLearn's CCI plots and spatial maps, from an AnnData with stLearn 1.2.2's own outputs and from a
-SpatialDataset with stdask's stored results; plotted numbers checked against independent computations."""
+SpatialDataset with stdask's stored results; plotted numbers checked against independent computations, drawn
+pixels against the data (every axes has content; a cell's pixel has its value's colour); show= semantics."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,7 +18,7 @@ from PIL import Image  # noqa: E402
 
 import stdask  # noqa: E402
 from stdask import pl  # noqa: E402
-from stdask.pl._data import STLEARN_RESULTS  # noqa: E402
+from stdask.pl.plotdata import STLEARN_RESULTS  # noqa: E402
 from stdask.pl.cci_network import chord_keep  # noqa: E402
 from stdask.tl.cci.database import LRPairs  # noqa: E402
 from stdask.tl.cci.result import CCIResult  # noqa: E402
@@ -113,15 +114,80 @@ def png_size(path: Path) -> tuple[int, int]:
     return Image.open(path).size
 
 
+def rendered(fig) -> np.ndarray:
+    """The figure drawn by Agg: (H, W, 4) uint8 RGBA, row 0 at the top (pyplot-free figures get an Agg canvas)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba()).copy()
+
+
+def inside(img: np.ndarray, ax, margin: int = 2) -> np.ndarray:
+    """The pixels of ``img`` strictly inside ``ax`` (``margin`` pixels in from its frame)."""
+    bb = ax.get_window_extent()  # display pixels from the bottom left, valid once the figure was drawn
+    H = img.shape[0]
+    return img[H - int(bb.y1) + margin:H - int(np.ceil(bb.y0)) - margin,
+               int(np.ceil(bb.x0)) + margin:int(bb.x1) - margin]
+
+
+def drawn_share(fig, ax) -> float:
+    """Share of the pixels inside ``ax`` that its data artists (collections, patches, lines, images, texts)
+    change: the figure drawn with and without them (frame, ticks, legend and background are in both)."""
+    full = inside(rendered(fig), ax)
+    artists = [a for a in (*ax.collections, *ax.patches, *ax.lines, *ax.images, *ax.texts) if a.get_visible()]
+    for a in artists:
+        a.set_visible(False)
+    try:
+        bare = inside(rendered(fig), ax)
+    finally:
+        for a in artists:
+            a.set_visible(True)
+    return float(np.any(full != bare, axis=-1).mean())
+
+
+def assert_drawn(fig, min_share: float = 0.002) -> None:
+    """Every axes of ``fig`` (plot, colour bar, twin) has data drawn inside it: an empty axes fails."""
+    for k, ax in enumerate(fig.axes):
+        share = drawn_share(fig, ax)
+        assert share >= min_share, f"axes {k} ({ax.get_label() or ax.get_title()!r}): {share:.4f} of it drawn"
+
+
+def colours_at(fig, ax, xy: np.ndarray) -> np.ndarray:
+    """(n, 3) uint8 RGB of the pixels under the data points ``xy`` ((n, 2) in ``ax``'s data coordinates)."""
+    img = rendered(fig)
+    disp = ax.transData.transform(np.asarray(xy, dtype=np.float64))
+    cols = np.floor(disp[:, 0]).astype(np.int64)
+    rows = img.shape[0] - 1 - np.floor(disp[:, 1]).astype(np.int64)
+    return img[rows, cols, :3]
+
+
+def off_frame(ax, xy: np.ndarray, margin: float = 3) -> np.ndarray:
+    """Mask of the points ``xy`` drawn more than ``margin`` pixels inside ``ax``'s frame (the frame's line covers
+    the outermost pixels)."""
+    disp = ax.transData.transform(np.asarray(xy, dtype=np.float64))
+    bb = ax.get_window_extent()
+    return ((disp[:, 0] > bb.x0 + margin) & (disp[:, 0] < bb.x1 - margin) & (disp[:, 1] > bb.y0 + margin)
+            & (disp[:, 1] < bb.y1 - margin))
+
+
+def share_matching(got: np.ndarray, want_rgba: np.ndarray, tol: int = 2) -> float:
+    """Share of rows of ``got`` (uint8 RGB) within ``tol`` levels of ``want_rgba`` ((n, 4) floats in [0, 1])."""
+    want = np.rint(np.asarray(want_rgba)[:, :3] * 255)
+    return float((np.abs(got.astype(np.int64) - want).max(axis=1) <= tol).mean())
+
+
 def check_saved(fig, tmp_path: Path, name: str, data=None) -> None:
-    """save= writes a non-empty png of figsize x dpi pixels and a non-empty pdf (once per plot: saving does not
-    depend on the input kind, so a SpatialDataset-input figure is not saved again)."""
+    """save= writes a non-empty png of figsize x dpi pixels and a non-empty pdf, and every axes has data drawn
+    inside it (once per plot: neither depends on the input kind, so a SpatialDataset-input figure is not checked
+    again)."""
     if data is not None and not isinstance(data, ad.AnnData):
         return
     pl.save_figure(fig, tmp_path / name)
     w, h = fig.get_size_inches() * fig.dpi
     assert png_size(tmp_path / f"{name}.png") == (round(w), round(h))
     assert (tmp_path / f"{name}.pdf").stat().st_size > 0
+    assert_drawn(fig)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -378,16 +444,29 @@ def test_cci_check(data, adata, tmp_path):
 # ---------------------------------------------------------------------------------------------------------
 # spatial maps
 # ---------------------------------------------------------------------------------------------------------
+def legend_colours(fig, labels) -> np.ndarray:
+    """(n, 4) RGBA of each observation's label, as the figure's legend assigns colours to labels."""
+    lut = {h.get_label(): matplotlib.colors.to_rgba(h.get_color()) for h in fig.axes[0].get_legend().legend_handles}
+    return np.array([lut[str(c)] for c in labels])
+
+
 def test_spatial_obs_gene_and_lr(data, tmp_path):
+    coords, cell_type = pl.PlotData(data).coords, data.obs[LABEL].to_numpy()
     fig = pl.spatial(data, LABEL)
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [f"CT{i}" for i in range(6)]
     assert len(fig.axes) == 1 and fig.stdask_data["mode"] == "scatter"
     check_saved(fig, tmp_path, "labels", data)
+    # the pixel under every cell has its cell type's legend colour (a cell one place off: ~2/3 of them)
+    assert share_matching(colours_at(fig, ax, coords), legend_colours(fig, cell_type)) >= 0.99
     fig = pl.spatial(data, "total_counts")
     assert len(fig.axes) == 2  # colour bar
+    v = data.obs["total_counts"].to_numpy(np.float64)
+    want = matplotlib.colormaps["viridis"](matplotlib.colors.Normalize(v.min(), v.max())(v))
+    assert share_matching(colours_at(fig, fig.axes[0], coords), want) >= 0.99
     fig = pl.spatial(data, "LAMC2", raster=True)
     assert fig.stdask_data["mode"] == "raster" and len(fig.axes[0].images) == 1
+    assert_drawn(fig)
     fig = pl.spatial(data, LR, use_result="-log10(p_adjs)")
     assert fig.axes[1].get_ylabel() == "-log10(p_adjs)"
     fig = pl.lr_result_plot(data, LR, save=tmp_path / "lr.png")
@@ -396,6 +475,7 @@ def test_spatial_obs_gene_and_lr(data, tmp_path):
     fig = pl.spatial(data, LABEL, raster=True, figsize=(5, 5), dpi=80)
     assert len(fig.axes[0].images) == 1 and fig.axes[0].get_legend() is not None
     check_saved(fig, tmp_path, "labels_raster", data)
+    assert share_matching(colours_at(fig, fig.axes[0], coords), legend_colours(fig, cell_type)) >= 0.99
 
 
 def test_spatial_a_million_points_is_one_image(tmp_path):
@@ -407,9 +487,16 @@ def test_spatial_a_million_points_is_one_image(tmp_path):
     assert fig.stdask_data["mode"] == "raster"
     assert len(ax.images) == 1 and len(ax.collections) == 0
     check_saved(fig, tmp_path, "million")
+    # a pixel shows the largest value of its ~10 x 10 units, where sin(x / 500) moves by < 0.02
+    some = rng.choice(len(xy), 5000, replace=False)
+    some = some[off_frame(ax, xy[some])]
+    want = matplotlib.colormaps["viridis"](matplotlib.colors.Normalize(v.min(), v.max())(v[some]))
+    assert share_matching(colours_at(fig, ax, xy[some]), want, tol=6) >= 0.99  # 0.36 for x shifted by 30
     cats = np.where(xy[:, 1] < 2500, "top", "bottom")
     fig = pl.spatial(xy, cats)
     assert len(fig.axes[0].images) == 1 and len(fig.axes[0].collections) == 0
+    away = some[np.abs(xy[some, 1] - 2500) > 3 * fig.stdask_data["pixel"]]  # pixels that hold one category
+    assert share_matching(colours_at(fig, fig.axes[0], xy[away]), legend_colours(fig, cats[away])) == 1.0
 
 
 def test_rasterize_aggregates_per_pixel():
@@ -429,8 +516,9 @@ def test_rasterize_aggregates_per_pixel():
 
 
 def test_spatial_background_image(tmp_path):
-    img = np.zeros((50, 100, 3))
+    img = np.zeros((50, 100, 3))  # black, the right half white, the top left quarter red
     img[:, 50:] = 1.0
+    img[:25, :50, 0] = 1.0
     path = tmp_path / "tissue.png"
     matplotlib.image.imsave(path, img)
     xy = np.array([[10.0, 10.0], [90.0, 40.0], [50.0, 25.0]])
@@ -438,15 +526,36 @@ def test_spatial_background_image(tmp_path):
     ax = fig.axes[0]
     assert len(ax.images) == 1 and tuple(ax.images[0].get_extent()) == (0, 200, 100, 0)
     check_saved(fig, tmp_path, "image")
+    # image pixels land at their extent (x 0-200, rows 0-49 at y 0-100, y downwards), cells on top
+    spots = np.array([[30.0, 20.0], [30.0, 60.0], [110.0, 60.0], *xy])
+    want = [(1, 0, 0, 1), (0, 0, 0, 1), (1, 1, 1, 1), *matplotlib.colormaps["viridis"]([0.0, 0.5, 1.0])]
+    assert share_matching(colours_at(fig, ax, spots), np.array(want)) == 1.0
 
 
-def test_show_never_blocks():
+def test_show_never_blocks(adata, monkeypatch):
+    """Every plot: show=False leaves pyplot untouched (no figure registered, no show call), so loops that draw
+    hundreds of plots hold no figures; show=True registers the figure and shows it with block=False."""
     import matplotlib.pyplot as plt
 
-    xy = np.random.default_rng(1).uniform(0, 10, (100, 2))
-    fig = pl.spatial(xy, xy[:, 0], show=True)
-    assert fig in [plt.figure(n) for n in plt.get_fignums()]
+    calls = []
+    monkeypatch.setattr(plt, "show", lambda *args, **kwargs: calls.append((args, kwargs)))
     plt.close("all")
+    xy = np.random.default_rng(1).uniform(0, 10, (100, 2))
+    plots = {"spatial": lambda **kw: pl.spatial(xy, xy[:, 0], **kw),
+             "lr_result_plot": lambda **kw: pl.lr_result_plot(adata, LR, **kw),
+             "lr_summary": lambda **kw: pl.lr_summary(adata, **kw),
+             "lr_diagnostics": lambda **kw: pl.lr_diagnostics(adata, **kw),
+             "lr_n_spots": lambda **kw: pl.lr_n_spots(adata, **kw),
+             **{f.__name__: (lambda f: lambda **kw: f(adata, LABEL, **kw))(f)
+                for f in (pl.ccinet_plot, pl.lr_chord_plot, pl.lr_cci_map, pl.cci_map, pl.cci_check)}}
+    for name, plot in plots.items():
+        fig = plot(show=False)
+        assert plt.get_fignums() == [] and calls == [], name
+        fig = plot(show=True)
+        assert [plt.figure(n) for n in plt.get_fignums()] == [fig], name
+        assert calls == [((), {"block": False})], (name, calls)
+        plt.close("all")
+        calls.clear()
 
 
 def test_type_order_colours_and_stale_results():
