@@ -342,8 +342,10 @@ def _embedded_client(create: bool) -> Client | None:
         cores = dask.system.CPU_COUNT  # honours cgroup / affinity limits, unlike os.cpu_count()
         n_workers = settings.n_workers
         # Nothing listens beyond loopback: threads talk in-process (inproc://), worker processes
-        # over 127.0.0.1, and the dashboard is served on 127.0.0.1 only.
-        common = {"dashboard_address": "127.0.0.1:8787"}
+        # and nannies over 127.0.0.1, and the dashboard is served on 127.0.0.1 only. Every worker
+        # also runs an HTTP server (/health, /metrics, /sitemap.json): without an address it binds
+        # every interface (0.0.0.0 and [::]), so it is given a loopback one (any free port).
+        common = {"dashboard_address": "127.0.0.1:8787", "worker_dashboard_address": "127.0.0.1:0"}
         if n_workers is None:
             cluster = _LoopbackCluster(n_workers=1, threads_per_worker=cores, processes=False, **common)
         else:

@@ -39,7 +39,7 @@ def check_folder(folder: Path, top_lr: str) -> None:
     for name in listed:
         assert (folder / name).is_file() and (folder / name).stat().st_size > 0, name
     on_disk = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
-    assert on_disk == names | {"README.md"}  # the README describes every file
+    assert on_disk == names | {"README.md", ".stdask-report.json"}  # the README describes every file (and the marker)
     assert not [p for p in folder.parent.iterdir() if ".stdask-tmp-" in p.name]
 
 

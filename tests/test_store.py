@@ -362,8 +362,8 @@ def test_unknown_element_version_names_element_and_versions(store, tmp_path):
     shutil.copytree(store, p)
     version = p / "tables" / "table" / "uns" / "stdask" / "version"
     arr = __import__("zarr").open_array(str(version), mode="r+")
-    arr[()] = 2
-    with pytest.raises(StoreFormatError, match=r"uns/stdask: encoding 'stdask-tiling' version 2 .*versions 1"):
+    arr[()] = 3
+    with pytest.raises(StoreFormatError, match=r"uns/stdask: encoding 'stdask-tiling' version 3 .*versions 2, 1"):
         stdask.read(p)
 
 

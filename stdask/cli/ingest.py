@@ -20,7 +20,7 @@ def add_parser(sub, parents: list[argparse.ArgumentParser]) -> argparse.Argument
     pi.add_argument("--chunk-size", type=int, default=2_000_000, help="records per streamed chunk")
     pi.add_argument("--pixel-size", type=float, help="um per pixel for cell_locations.tsv (MTX input)")
     pi.add_argument("--spot-diameter", type=float, help="spot/cell diameter in store units")
-    pi.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    pi.add_argument("--overwrite", action="store_true", help="replace an existing store (only a stdask store, never the input)")
     pi.set_defaults(func=run)
     return pi
 

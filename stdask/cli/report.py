@@ -12,7 +12,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     prp.add_argument("outdir")
     prp.add_argument("--use-label", help="label of the run_cci results (default: the only one stored)")
     prp.add_argument("--n-top", type=int, default=5, help="LR pairs with their own tables and plots")
-    prp.add_argument("--overwrite", action="store_true", help="replace an existing OUTDIR")
+    prp.add_argument("--overwrite", action="store_true", help="replace an existing OUTDIR (only a stdask report folder is replaced)")
     prp.set_defaults(func=run)
     return prp
 

@@ -193,13 +193,18 @@ def _check_count(name: str, value: Any) -> int:
 
 def _knn_halos(ds: SpatialDataset, k: int) -> tuple[float, float]:
     """First halo for kNN (twice the radius holding k + 1 points at the slice's mean density) and the
-    bounding-box diagonal, a halo that holds every row."""
+    bounding-box diagonal, a halo that holds every row.
+
+    The density is taken over the occupied tiles when they cover less than the bounding box: one far-away
+    observation stretches the box, and a first halo sized from it would give every tile the whole slice.
+    """
     xmin, ymin, xmax, ymax = (float(v) for v in ds.bounds)
     w, h = xmax - xmin, ymax - ymin
     diag = math.hypot(w, h)
     n = max(ds.n_obs, 1)
     if w * h > 0:
-        h0 = 2.0 * math.sqrt((k + 1) * w * h / (math.pi * n))
+        area = min(w * h, ds.n_tiles * ds.tiling.tile_size ** 2)
+        h0 = 2.0 * math.sqrt((k + 1) * area / (math.pi * n))
     else:  # points on an axis-parallel line (or one point)
         h0 = 2.0 * (k + 1) * max(w, h) / n
     max_halo = diag * (1 + 1e-9) + 1e-300 if diag > 0 else 0.0

@@ -103,7 +103,7 @@ class GemSource(Source):
         header: list[str] | None = None
         sample_bytes = sample_lines = 0
         n_lines = 0
-        with text_lines(self.path) as lines:
+        with text_lines(self.path, "GEM text") as lines:
             for line in lines:
                 n_lines += 1
                 if header is None:

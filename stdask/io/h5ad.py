@@ -285,7 +285,8 @@ class H5adSource(TableSource):
         if bad.any():
             i = int(np.argmax(bad))
             raise InputError(f"{self.path}: {source}: observation {self._obs.index[i]!r} has coordinate "
-                             f"{tuple(xy[i])} (NaN coordinate)")
+                             f"({float(xy[i, 0])}, {float(xy[i, 1])}) (NaN coordinate: x and y must be finite numbers; "
+                             f"{int(bad.sum())} observation(s) in all); remove or fix them before ingest")
         obsm_scaled = False
         if source.startswith("obsm") and has_image:
             image = self._obs[list(IMAGE_COLUMNS)].to_numpy(dtype=np.float64)

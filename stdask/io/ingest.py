@@ -15,8 +15,10 @@ import pandas as pd
 
 from .._version import __version__
 from ..progress import progress_bar
+from ..store.markers import check_not_input, check_replaceable
 from ..store.spill import ChunkSpill, TileSpill, csr_from_entries
-from ..store.tiling import Tiling, check_coordinates, default_tile_size, sort_order
+from ..store.tiling import (Tiling, check_coordinates, check_tile_count, check_tile_size, default_tile_size,
+                            sort_order)
 from ..store.writer import StoreBuilder
 from .base import InputError, Source, open_source
 
@@ -54,9 +56,11 @@ def ingest(
     cellbin
         For DNB-level inputs with a ``CellID`` column: group records by cell instead of binning.
     tile_size
-        Tile side in store units; default ~16k bins or ~20k observations per tile.
+        Tile side in store units, a positive finite number (0 is refused, not replaced by the default); default
+        ~16k bins or ~20k observations per tile.
     overwrite
-        Replace an existing store.
+        Replace an existing store (only a stdask store is ever replaced; never the input, a folder of other
+        files, a file or a link).
     chunk_size
         Records / entries per streamed chunk (bounds memory).
     spill_dir
@@ -71,11 +75,18 @@ def ingest(
     The store path.
     """
     store = Path(store)
+    check_chunk_size(chunk_size)
+    if tile_size is not None:  # refused, never replaced by the default (`--tile-size 0`)
+        tile_size = check_tile_size(tile_size)
+    # the output may never be (or hold, or sit inside) what this ingest reads: checked before the input is
+    # opened, so `stdask ingest mtx/ mtx/ --overwrite` is refused without touching either
+    check_not_input(store, [input.path if isinstance(input, Source) else input])
+    if (store.exists() or store.is_symlink()) and not overwrite:
+        raise FileExistsError(f"{store} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    check_replaceable(store, "store")
     src = input if isinstance(input, Source) else open_source(input, format=format, **options)
     spill_dir = Path(spill_dir) if spill_dir is not None else store.parent
     spill_dir.mkdir(parents=True, exist_ok=True)
-    if store.exists() and not overwrite:
-        raise FileExistsError(f"{store} exists; pass overwrite=True (CLI: --overwrite) to replace it")
     prov = {
         "stdask_version": __version__,
         "source_format": src.format_name,
@@ -88,6 +99,13 @@ def ingest(
         raise ValueError(f"{src.format_name} input has observations already; --bin/--cellbin apply to DNB-level "
                          "inputs (GEM, GEF) only")
     return _ingest_obs(src, store, tile_size, overwrite, chunk_size, spill_dir, progress, prov)
+
+
+def check_chunk_size(chunk_size: int) -> None:
+    """Refuse a ``chunk_size`` (records or entries per streamed chunk) that is not an integer >= 1."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ValueError(f"chunk_size (CLI: --chunk-size) must be an integer >= 1 (records per streamed chunk), "
+                         f"got {chunk_size!r}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -110,7 +128,7 @@ def _ingest_obs(src: Source, store: Path, tile_size, overwrite, chunk_size, spil
     n_vars = len(var)
     if tile_size is None:
         tile_size = default_tile_size(coords[:, 0], coords[:, 1])
-    tiling = Tiling.covering(tile_size, *coords.min(0), *coords.max(0)) if n_obs else Tiling(tile_size, 0, 0, 1, 1)
+    tiling = Tiling.of_points(tile_size, coords[:, 0], coords[:, 1])  # lists the occupied tiles only
     perm = sort_order(tiling, coords[:, 0], coords[:, 1])
     rank = np.empty(n_obs, dtype=np.int64)
     rank[perm] = np.arange(n_obs)
@@ -118,7 +136,7 @@ def _ingest_obs(src: Source, store: Path, tile_size, overwrite, chunk_size, spil
     tile_rows = np.bincount(final_tile, minlength=tiling.n_tiles)
     tile_start = np.concatenate([[0], np.cumsum(tile_rows)])
     matrices = {"X": src.value_dtype, **src.layers}
-    spills = {name: TileSpill(tiling.n_tiles, ("key", "gene", "value"), spill_dir) for name in matrices}
+    spills = {name: TileSpill(("key", "gene", "value"), spill_dir) for name in matrices}
     try:
         bar = progress_bar(total=src.size_hint, desc=f"read {src.path.name}", unit="entries", disable=not progress)
         for chunk in src.iter_entries(chunk_size):
@@ -198,6 +216,7 @@ def _spill_records(src: Source, raw: ChunkSpill, cellbin: bool, chunk_size: int,
     for ch in src.iter_records(chunk_size):
         if len(ch) == 0:
             continue
+        check_coordinates(ch.x, ch.y, f"{src.path}", offset=n_records)
         n_records += len(ch)
         if cellbin:
             if ch.cell is None:
@@ -243,9 +262,9 @@ def _ingest_records(src: Source, store: Path, bin_size, cellbin, tile_size, over
             cell_ids = cells.index.to_numpy(np.int64)  # sorted by groupby
             cx = (cells["wx"] / cells["w"]).to_numpy()
             cy = (cells["wy"] / cells["w"]).to_numpy()
-            tile_size = tile_size or default_tile_size(cx, cy)
+            tile_size = default_tile_size(cx, cy) if tile_size is None else tile_size
             tiling = Tiling.covering(tile_size, cx.min(), cy.min(), cx.max(), cy.max())
-            cell_tile = tiling.tile_of(cx, cy)
+            cell_tile = tiling.grid_of(cx, cy)
 
             def locate(chunk):
                 keep = chunk["cell"] > 0
@@ -261,8 +280,10 @@ def _ingest_records(src: Source, store: Path, bin_size, cellbin, tile_size, over
             xmin, ymin = int(lo[0]), int(lo[1])
             nby = (int(hi[1]) - ymin) // n + 1
             half = (n - 1) / 2.0
-            tile_size = tile_size or float(n * BINS_PER_TILE_SIDE)
-            tiling = Tiling.covering(tile_size, xmin + half, ymin + half, int(hi[0]), int(hi[1]))
+            tile_size = float(n * BINS_PER_TILE_SIDE) if tile_size is None else tile_size
+            # the box of the bin centres: the last bin's centre may lie past the last record (up to half a bin)
+            tiling = Tiling.covering(tile_size, xmin + half, ymin + half, xmin + (int(hi[0]) - xmin) // n * n + half,
+                                     ymin + (int(hi[1]) - ymin) // n * n + half)
 
             def centres(key):
                 bx, by = np.divmod(key, nby)
@@ -270,7 +291,7 @@ def _ingest_records(src: Source, store: Path, bin_size, cellbin, tile_size, over
 
             def locate(chunk):
                 key = ((chunk["x"] - xmin) // n) * nby + (chunk["y"] - ymin) // n
-                return None, key, tiling.tile_of(*centres(key))
+                return None, key, tiling.grid_of(*centres(key))
 
             def obs_of(keys):
                 x, y = centres(keys)
@@ -280,7 +301,8 @@ def _ingest_records(src: Source, store: Path, bin_size, cellbin, tile_size, over
             unit_spot = float(n)
 
         fields = ("key", "gene", "value") + (("exon",) if has_exon else ())
-        with TileSpill(tiling.n_tiles, fields, spill_dir) as spill:
+        # the spill buckets by grid id; the tiling then lists the tiles that received records
+        with TileSpill(fields, spill_dir) as spill:
             for chunk in progress_bar(raw, total=len(raw.chunks), desc="bucket by tile", unit="chunk",
                                       disable=not progress):
                 keep, key, tile = locate(chunk)
@@ -293,13 +315,15 @@ def _ingest_records(src: Source, store: Path, bin_size, cellbin, tile_size, over
                 # N x N DNBs holds up to N^2 records per gene, so this bounds what a tile gathers later
                 key, tile, gene, values = _combine(key, tile, gene, values, n_vars)
                 spill.add(tile, key=key, gene=gene, **values)
+                check_tile_count(spill.n_occupied, tiling.tile_size)
             raw.close()
+            tiling = tiling.listing(spill.nonempty_tiles())
             with StoreBuilder(store, var, tiling, matrices, overwrite=overwrite) as b:
                 # observations are born here: stream their names and coordinates to the store per tile
                 b.stream_obs({"cell_id": np.dtype(np.int64)} if cellbin else {})
-                for t in progress_bar(list(spill.nonempty_tiles()), desc="write tiles", unit="tile",
-                                      disable=not progress):
-                    e = spill.tile(t)
+                for t, grid_id in enumerate(progress_bar(tiling.tiles.tolist(), desc="write tiles", unit="tile",
+                                                         disable=not progress)):
+                    e = spill.tile(grid_id)
                     ukeys, inv = np.unique(e["key"], return_inverse=True)
                     x, y, nm = obs_of(ukeys)
                     _, hk = tiling.order_key(x, y)
@@ -310,7 +334,7 @@ def _ingest_records(src: Source, store: Path, bin_size, cellbin, tile_size, over
                     blocks = {"X": csr_from_entries(row, e["gene"], e["value"], len(ukeys), n_vars, np.uint32)}
                     if has_exon:
                         blocks["exon"] = csr_from_entries(row, e["gene"], e["exon"], len(ukeys), n_vars, np.uint32)
-                    b.append_tile(int(t), len(ukeys), blocks)
+                    b.append_tile(t, len(ukeys), blocks)
                     extra = {"cell_id": cell_ids[ukeys[order]]} if cellbin else {}
                     b.append_obs(nm[order], x[order], y[order], **extra)
                 prov.update({"bin_size": int(bin_size) if bin_size else 0, "cellbin": bool(cellbin),

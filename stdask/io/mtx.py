@@ -161,7 +161,7 @@ class TenxMtxMatrix(TenxMatrix):
 
     def _read_header(self) -> None:
         path = self.matrix_path
-        with text_lines(path) as lines:
+        with text_lines(path, "MatrixMarket text") as lines:
             banner = next(lines, "")
             tokens = banner.lower().split()
             if len(tokens) < 5 or tokens[0] != "%%matrixmarket" or tokens[1] != "matrix":

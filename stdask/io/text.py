@@ -28,7 +28,8 @@ import pyarrow.csv as pacsv
 
 from stdask.io.base import InputError
 
-__all__ = ["TextColumn", "stream_table", "text_lines", "open_binary", "is_gzip", "gzip_error", "uncompressed_size",
+__all__ = ["TextColumn", "stream_table", "text_lines", "check_text",
+           "open_binary", "is_gzip", "gzip_error", "uncompressed_size",
            "block_size_for", "first_bad_line", "int_column", "float_column", "match_columns", "read_tsv_table",
            "first_duplicate", "rows_for_barcodes"]
 
@@ -48,6 +49,37 @@ def is_gzip(path: Path) -> bool:
         return fh.read(2) == _GZIP_MAGIC
 
 
+#: leading bytes of files that are not text, and what to tell the user about each
+_SIGNATURES = (
+    (b"\x89HDF\r\n\x1a\n", "an HDF5 file", "an AnnData .h5ad is read with format='h5ad' (CLI: --format h5ad) and "
+     "a Stereo-seq .gef with format='gef'; give the file its real suffix or pass the format"),
+    (b"PK\x03\x04", "a zip archive", "unzip it and pass the file (or folder) inside"),
+    (b"BZh", "a bzip2-compressed file", "decompress it (bunzip2) or recompress it with gzip"),
+    (b"\xfd7zXZ\x00", "an xz-compressed file", "decompress it (unxz) or recompress it with gzip"),
+    (b"\x28\xb5\x2f\xfd", "a zstd-compressed file", "decompress it (unzstd) or recompress it with gzip"),
+)
+_PEEK = 8192
+
+
+def check_text(path: Path, what: str = "text") -> None:
+    """Refuse a file that is not text (HDF5, zip, other compressions, binary data), by its leading bytes, with
+    an :class:`InputError` that says what the file is. ``what`` names the text format expected (``"GEM"``).
+    A gzip file is judged by its decompressed content."""
+    try:
+        with open_binary(path) as fh:
+            head = fh.read(_PEEK)
+    except _GZIP_ERRORS as exc:
+        raise gzip_error(path, exc) from None
+    gz = " (inside gzip)" if is_gzip(path) else ""
+    for magic, kind, hint in _SIGNATURES:
+        if head.startswith(magic):
+            raise InputError(f"{path}: this is {kind}{gz}, not a {what} file; {hint}")
+    nul = head.find(b"\x00")
+    if nul >= 0:
+        raise InputError(f"{path}: binary data{gz} (a NUL byte at offset {nul}), not a {what} file; "
+                         "check the file and its format")
+
+
 def open_binary(path: Path) -> BinaryIO:
     """Open a plain or gzipped file for binary reading (decompressed transparently)."""
     return gzip.open(path, "rb") if is_gzip(path) else open(path, "rb")  # type: ignore[return-value]
@@ -60,8 +92,10 @@ def gzip_error(path: Path, exc: BaseException) -> InputError:
 
 
 @contextmanager
-def text_lines(path: Path) -> Iterator[Iterator[str]]:
-    """Iterate the decoded lines of a plain or gzipped file (newline stripped); gzip damage -> InputError."""
+def text_lines(path: Path, what: str = "text") -> Iterator[Iterator[str]]:
+    """Iterate the decoded lines of a plain or gzipped file (newline stripped); gzip damage, or a file that is
+    not text at all (:func:`check_text`; ``what`` names the format expected), -> InputError."""
+    check_text(path, what)
     fh = open_binary(path)
 
     def lines() -> Iterator[str]:
@@ -324,6 +358,7 @@ def match_columns(header: Sequence[str], aliases: Mapping[str, Sequence[str]]) -
 
 def read_tsv_table(path: Path, header: bool) -> pd.DataFrame:
     """A small tab-separated table (plain or gzipped) read as strings, nothing turned into NaN."""
+    check_text(path, "tab-separated text")
     try:
         return pd.read_csv(
             path, sep="\t", header=0 if header else None, dtype=str, keep_default_na=False,

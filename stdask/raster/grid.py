@@ -29,6 +29,10 @@ MODES = ("array", "pitch", "scale")
 #: observations used to estimate the median nearest-neighbour distance (an even stride through the rows)
 NN_SAMPLE = 200_000
 
+#: largest frame (slices x height x width pixels) a grid may span: rasters are dense, so a far outlier or a
+#: tiny pitch would otherwise ask for terabytes
+MAX_PIXELS = 1 << 31
+
 
 @dataclass(frozen=True)
 class Collisions:
@@ -205,7 +209,7 @@ def quantize(coords, *, pitch: float | None = None, scale: float | None = None, 
     ------
     ValueError
         Non-finite coordinates, a pitch or scale that is not a positive finite number, both ``pitch``
-        and ``scale``, or negative array positions.
+        and ``scale``, negative array positions, or a frame of more than :data:`MAX_PIXELS` pixels.
     """
     def as_list(v):
         return list(v) if isinstance(v, (list, tuple)) else [v]
@@ -255,6 +259,11 @@ def _grid(rows, cols, mode, pitch, scale, origin) -> PixelGrid:
     sl = np.concatenate([np.full(len(r), b, dtype=np.int64) for b, r in enumerate(rows)])
     H = int(row.max()) + 1 if len(row) else 1
     W = int(col.max()) + 1 if len(col) else 1
+    if len(rows) * H * W > MAX_PIXELS:
+        size = f"pitch {pitch:g}" if pitch is not None else f"scale {scale:g}"
+        raise ValueError(f"the raster would span {len(rows)} x {H:,} x {W:,} pixels ({size}), more than "
+                         f"{MAX_PIXELS:,}: the coordinates reach far beyond the tissue (remove the far-away "
+                         "observations) or the pitch is too small (pass a larger pitch)")
     return PixelGrid(row=row, col=col, slice=sl, height=H, width=W, n_slices=len(rows), mode=mode, pitch=pitch,
                      scale=scale, origin=origin)
 

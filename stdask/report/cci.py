@@ -20,7 +20,9 @@ from .. import pl
 from ..dataset import read
 from ..pl.figures import new_figure, save_figure
 from ..pl.plotdata import MissingResultError, as_plotdata
+from .._version import __version__
 from ..store.atomic import atomic_directory
+from ..store.markers import REPORT_MARKER, check_not_input, check_replaceable, write_report_marker
 
 __all__ = ["cci_report"]
 
@@ -38,6 +40,14 @@ def _open(data):
             return ad.read_h5ad(path)
         return read(path)
     return data
+
+
+def _input_paths(data) -> list[Path]:
+    """The paths the report reads: a store or ``.h5ad`` path, or the store of a dataset (none for AnnData)."""
+    if isinstance(data, (str, Path)):
+        return [Path(data)]
+    path = getattr(data, "path", None)
+    return [Path(path)] if isinstance(path, (str, Path)) else []
 
 
 def _placeholder(message: str, figsize=(6, 4)):
@@ -110,12 +120,20 @@ def cci_report(data, outdir: str | Path, use_label: str | None = None, n_top_lrs
     image, extent
         Optional background image for the spatial maps (see :func:`stdask.pl.spatial`).
     overwrite
-        Replace an existing ``outdir``.
+        Replace an existing ``outdir``; only a stdask report folder (one holding ``.stdask-report.json``) is
+        ever replaced, never a folder of other files, a file, a link or the store being reported on.
 
     Returns
     -------
     Path of the folder. Files: see the ``README.md`` it contains.
     """
+    outdir = Path(outdir)
+    # before any work: the folder may never be (or hold, or sit inside) the store it reports on, and an
+    # existing one is replaced only when it is a stdask report folder
+    check_not_input(outdir, _input_paths(data))
+    if (outdir.exists() or outdir.is_symlink()) and not overwrite:
+        raise FileExistsError(f"{outdir} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    check_replaceable(outdir, "report")
     pdata = as_plotdata(_open(data))
     summary = pdata.lr_summary()  # raises with "run stdask.tl.cci.run first"
     try:
@@ -125,8 +143,8 @@ def cci_report(data, outdir: str | Path, use_label: str | None = None, n_top_lrs
         if use_label is not None:
             raise
         label, it = None, None
-    outdir = Path(outdir)
     with atomic_directory(outdir, overwrite=overwrite) as tmp:
+        write_report_marker(tmp, "cci", __version__)  # what lets a later overwrite=True replace this folder
         folder = _Folder(tmp, verbose)
         _lr_files(folder, pdata, summary, label, n_top_lrs, n_top_summary, n_top_bars, hotspot_result, image,
                   extent)
@@ -226,6 +244,8 @@ def _readme(folder: _Folder, pdata, summary: pd.DataFrame, label: str | None, it
                  + (f", {it.n_perms} permutations" if it.n_perms is not None else "") + ")." if it is not None
                  else ""),
               "", "Every figure is written as png and pdf. Files:", ""]
+    readme += [f"- `{REPORT_MARKER}`: marks this folder as a stdask report, which `overwrite=True` (`--overwrite`) "
+               "may replace; stdask replaces no folder without it."]
     readme += [f"- `{name}`: {what}." for name, what in folder.files]
     if folder.notes:
         readme += ["", "## Notes", ""] + [f"- {n}" for n in dict.fromkeys(folder.notes)]

@@ -1,8 +1,8 @@
 """Atomic directory commits: a store (or a store element) is written under a temporary sibling name and
 renamed into place last, so a crash leaves either the old version or the new one, never half of one.
 
-A whole store is built in :func:`atomic_directory`; elements added to a committed store are written in a
-:func:`scratch_directory` next to it and moved in one at a time with :func:`commit_element`.
+A whole store is built in :func:`atomic_directory`; the elements one write adds to a committed store are
+committed together by :mod:`stdask.store.commit`.
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from .markers import check_replaceable
 
 TMP_MARK = ".stdask-tmp-"
 
@@ -67,35 +69,24 @@ def replace_dir(tmp: Path, path: Path) -> None:
 
 @contextmanager
 def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory; on success it replaces ``path``, on error it is removed."""
+    """Yield a temporary directory; on success it replaces ``path``, on error it is removed.
+
+    An existing ``path`` is replaced only with ``overwrite=True`` and only when it is a stdask store or report
+    folder (:func:`stdask.store.markers.check_replaceable`); anything else is refused before any work.
+    """
     path = Path(path)
-    if path.exists() and not overwrite:
+    if (path.exists() or path.is_symlink()) and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    # only a stdask store or report folder is ever replaced (a user's folder, a file or a link never is)
+    check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(path)
     tmp = tmp_sibling(path)
     tmp.mkdir()
     try:
         yield tmp
+        check_replaceable(path)  # again: something else may have taken the name while this was built
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     replace_dir(tmp, path)
-
-
-@contextmanager
-def scratch_directory(path: str | Path) -> Iterator[Path]:
-    """A fresh temporary name next to ``path`` (the same file system, so renames out of it are atomic) to
-    write elements under; on exit it is removed with whatever was not moved out of it."""
-    tmp = tmp_sibling(Path(path))
-    try:
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def commit_element(src: Path, dst: Path) -> None:
-    """Move the finished element directory ``src`` to ``dst``: written aside, renamed into place, the old
-    one (if any) removed after (:func:`replace_dir`)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    replace_dir(src, dst)

@@ -18,10 +18,11 @@ import numpy as np
 class TileSpill:
     """Disk-backed buckets of (key, gene, value...) entries grouped by tile.
 
+    Tiles are named by any int64 id (a sparse grid's grid ids): each run records only the tiles it holds, so
+    memory follows the occupied tiles, never the range of the ids.
+
     Parameters
     ----------
-    n_tiles
-        Number of tiles; tile ids are ``0 .. n_tiles-1``.
     fields
         Names of the per-entry arrays stored (e.g. ``("key", "gene", "value")``).
     directory
@@ -30,29 +31,34 @@ class TileSpill:
         Entries buffered in memory before a run is written (bounds memory at ~16 bytes per entry).
     """
 
-    def __init__(self, n_tiles: int, fields: tuple[str, ...], directory: str | Path | None = None,
+    def __init__(self, fields: tuple[str, ...], directory: str | Path | None = None,
                  run_entries: int = 4_000_000) -> None:
-        self.n_tiles = int(n_tiles)
         self.fields = tuple(fields)
         self.dir = Path(tempfile.mkdtemp(prefix="stdask-spill-", dir=directory))
         self.run_entries = int(run_entries)
-        self.runs: list[tuple[dict[str, tuple[Path, np.dtype]], np.ndarray]] = []
-        self.tile_counts = np.zeros(self.n_tiles, dtype=np.int64)
+        # per run: field -> (file, dtype), the run's sorted tile ids and where each one's entries start
+        self.runs: list[tuple[dict[str, tuple[Path, np.dtype]], np.ndarray, np.ndarray]] = []
+        self._occupied = np.empty(0, dtype=np.int64)
         self._buf: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
         self._buffered = 0
 
     def add(self, tile: np.ndarray, **arrays: np.ndarray) -> None:
-        """Spill one chunk; ``tile`` is the (n,) tile id of each entry.
+        """Spill one chunk; ``tile`` is the (n,) int64 tile id of each entry.
 
-        Small chunks are buffered up to ``run_entries`` entries first: every run costs one slice per tile
+        Small chunks are buffered up to ``run_entries`` entries first: every run costs one look-up per tile
         when tiles are gathered, so few large runs keep the gather cheap.
         """
         if len(tile) == 0:
             return
-        self._buf.append((np.asarray(tile), {f: np.asarray(arrays[f]) for f in self.fields}))
+        self._buf.append((np.asarray(tile, dtype=np.int64), {f: np.asarray(arrays[f]) for f in self.fields}))
         self._buffered += len(tile)
         if self._buffered >= self.run_entries:
             self._write_run()
+
+    @property
+    def n_occupied(self) -> int:
+        """Tiles holding an entry among the runs written so far (buffered entries are not yet counted)."""
+        return len(self._occupied)
 
     def _write_run(self) -> None:
         if not self._buf:
@@ -61,7 +67,7 @@ class TileSpill:
         arrays = {f: np.concatenate([a[f] for _, a in self._buf]) for f in self.fields}
         self._buf, self._buffered = [], 0
         order = np.argsort(tile, kind="stable")
-        counts = np.bincount(tile, minlength=self.n_tiles)
+        ids, counts = np.unique(tile, return_counts=True)
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         run = self.dir / f"run{len(self.runs):06d}"
         run.mkdir()
@@ -71,17 +77,18 @@ class TileSpill:
             path = run / f"{f}.bin"
             a.tofile(path)
             maps[f] = (path, a.dtype)
-        self.runs.append((maps, offsets))
-        self.tile_counts += counts
+        self.runs.append((maps, ids, offsets))
+        self._occupied = np.union1d(self._occupied, ids)
 
     def tile(self, t: int) -> dict[str, np.ndarray]:
         """All entries of tile ``t``, concatenated over runs in arrival order."""
         self._write_run()
         parts: dict[str, list[np.ndarray]] = {f: [] for f in self.fields}
-        for maps, off in self.runs:
-            a, b = off[t], off[t + 1]
-            if a == b:
+        for maps, ids, off in self.runs:
+            i = int(np.searchsorted(ids, t))
+            if i == len(ids) or ids[i] != t:
                 continue
+            a, b = off[i], off[i + 1]
             for f in self.fields:
                 path, dtype = maps[f]
                 # plain reads, not memory maps: mapped pages would stay resident and grow the process's
@@ -94,9 +101,10 @@ class TileSpill:
             out[f] = np.concatenate(parts[f]) if parts[f] else None
         return out
 
-    def nonempty_tiles(self) -> Iterator[int]:
+    def nonempty_tiles(self) -> np.ndarray:
+        """Sorted ids of the tiles holding an entry."""
         self._write_run()
-        return iter(np.flatnonzero(self.tile_counts).tolist())
+        return self._occupied
 
     def close(self) -> None:
         self.runs.clear()

@@ -1,5 +1,9 @@
-"""The tile index element (encoding ``stdask-tiling`` version 1): the tile grid, where each tile's rows
-start, the bounds of the observations and the store's units, kept as ``uns/stdask`` of the table.
+"""The tile index element (encoding ``stdask-tiling``): the tile grid, where each tile's rows start, the
+bounds of the observations and the store's units, kept as ``uns/stdask`` of the table.
+
+Version 2 (written) lists only the occupied tiles: ``tile_ids`` holds their sorted grid ids and
+``tile_row_start`` one start per listed tile, so the element's size follows the occupied tiles. Version 1
+(still read) has no ``tile_ids``: every tile of the bounding grid is listed, occupied or not.
 
 It is stored as an AnnData ``dict`` whose members ``encoding`` and ``version`` name it, so anndata reads it
 as plain ``uns`` while stdask finds its reader through :mod:`stdask.store.encoding`.
@@ -12,9 +16,12 @@ import numpy as np
 
 from .elements import read_anndata, write_anndata
 from .encoding import IOSpec, register_read, register_write
+from .format import StoreFormatError
 from .tiling import Tiling
 
-TILE_INDEX = IOSpec("stdask-tiling", 1)
+TILE_INDEX = IOSpec("stdask-tiling", 2)
+#: the dense layout, read but no longer written
+TILE_INDEX_V1 = IOSpec("stdask-tiling", 1)
 
 
 @dataclass
@@ -24,9 +31,9 @@ class TileIndex:
     Attributes
     ----------
     tiling
-        The tile grid.
+        The tile grid and its listed tiles.
     tile_row_start
-        (n_tiles + 1,) int64; rows of tile ``t`` are ``tile_row_start[t]:tile_row_start[t+1]``.
+        (n_tiles + 1,) int64; rows of listed tile ``t`` are ``tile_row_start[t]:tile_row_start[t+1]``.
     bounds
         (4,) float64 ``xmin, ymin, xmax, ymax`` of the observations, store units (zeros when empty).
     unit
@@ -56,6 +63,7 @@ class TileIndex:
             "encoding": TILE_INDEX.encoding,
             "version": TILE_INDEX.version,
             "tiling": self.tiling.to_attrs(),
+            "tile_ids": np.asarray(self.tiling.tiles, dtype=np.int64),
             "tile_row_start": np.asarray(self.tile_row_start, dtype=np.int64),
             "bounds": np.asarray(self.bounds, dtype=np.float64),
             "curve": self.curve,
@@ -71,12 +79,17 @@ def write_tile_index(parent, key: str, index: TileIndex) -> None:
     write_anndata(parent, key, index.as_dict())
 
 
-@register_read(TILE_INDEX)
+@register_read(TILE_INDEX, TILE_INDEX_V1)
 def read_tile_index(node) -> TileIndex:
     meta = read_anndata(node)
     sd = float(meta.get("spot_diameter", np.nan))
+    tiles = meta.get("tile_ids")  # absent in version 1: the whole bounding grid is listed
+    try:
+        tiling = Tiling.from_attrs(meta["tiling"], None if tiles is None else np.asarray(tiles, dtype=np.int64))
+    except ValueError as exc:  # ids out of order or outside the grid: a damaged index, not a bad argument
+        raise StoreFormatError(f"uns/stdask: damaged tile index ({exc})") from exc
     return TileIndex(
-        tiling=Tiling.from_attrs(meta["tiling"]),
+        tiling=tiling,
         tile_row_start=np.asarray(meta["tile_row_start"], dtype=np.int64),
         bounds=np.asarray(meta["bounds"], dtype=np.float64),
         unit=str(meta.get("unit", "")),
@@ -87,4 +100,4 @@ def read_tile_index(node) -> TileIndex:
     )
 
 
-__all__ = ["TILE_INDEX", "TileIndex", "read_tile_index", "write_tile_index"]
+__all__ = ["TILE_INDEX", "TILE_INDEX_V1", "TileIndex", "read_tile_index", "write_tile_index"]

@@ -21,10 +21,14 @@ class LRPairs:
     ----------
     ligand, receptor
         (n,) object arrays of gene symbols.
+    species
+        The case the symbols were loaded in (``'human'``: as in the tables, ``'mouse'``: first letter upper,
+        the rest lower), ``None`` when not known (pairs given as strings or a DataFrame).
     """
 
     ligand: np.ndarray
     receptor: np.ndarray
+    species: str | None = None
 
     @property
     def names(self) -> np.ndarray:
@@ -59,7 +63,7 @@ def _from_rows(lig: Iterable[str], rec: Iterable[str], species: str) -> LRPairs:
     # de-duplicate and sort by the joined name in code-point order, as stLearn's np.unique does for human
     names = np.array([f"{l}_{r}" for l, r in zip(lig, rec)], dtype=str)
     _, first = np.unique(names, return_index=True)
-    return LRPairs(lig[first], rec[first])
+    return LRPairs(lig[first], rec[first], species)
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -156,3 +160,67 @@ def as_pairs(lrs) -> LRPairs:
         raise ValueError(f"LR names must be 'LIGAND_RECEPTOR' with exactly one '_': {bad[:3]}; pass an LRPairs "
                          "or a DataFrame with ligand/receptor columns for genes containing '_'")
     return LRPairs(np.array([p[0] for p in split], dtype=object), np.array([p[1] for p in split], dtype=object))
+
+
+def _case_of(pairs: LRPairs) -> str:
+    """The species case of the pairs' symbols: as loaded, else guessed (mostly upper case -> ``'human'``)."""
+    if pairs.species is not None:
+        return pairs.species
+    genes = [str(g) for g in np.concatenate([pairs.ligand, pairs.receptor])]
+    return "human" if 2 * sum(g == g.upper() for g in genes) >= len(genes) else "mouse"
+
+
+@dataclass(frozen=True)
+class PairMatch:
+    """How a table's pairs matched a dataset's ``var_names`` (exact, case-sensitive).
+
+    Attributes
+    ----------
+    keep
+        (n,) bool: both genes of the pair are in ``var_names``.
+    n_dropped
+        Pairs with a gene missing.
+    n_other_case, other_species
+        Of the dropped pairs, how many would match with both symbols in ``other_species``' case (what
+        ``load_lrs(..., species=other_species)`` would give).
+    """
+
+    keep: np.ndarray
+    n_dropped: int
+    n_other_case: int
+    other_species: str
+
+    @property
+    def n_table(self) -> int:
+        return len(self.keep)
+
+    def hint(self) -> str:
+        """What to do about the pairs the other species' case would match (empty when none would)."""
+        if not self.n_other_case:
+            return ""
+        sp = self.other_species
+        return (f"{self.n_other_case:,} would match as {sp} gene names: pass species='{sp}' to load_lrs "
+                f"(CLI: --species {sp})")
+
+    def message(self) -> str:
+        """``"412 of 2,293 pairs dropped: a gene is not in var_names (186 would match as ...)"``."""
+        hint = self.hint()
+        return (f"{self.n_dropped:,} of {self.n_table:,} pairs dropped: a gene is not in var_names"
+                + (f" ({hint})" if hint else ""))
+
+    def params(self) -> dict:
+        """The counts as recorded in a result's parameters."""
+        return {"pairs_in_table": int(self.n_table), "pairs_dropped": int(self.n_dropped),
+                "pairs_dropped_other_case": int(self.n_other_case), "other_case_species": self.other_species}
+
+
+def match_pairs(pairs: LRPairs, var_names) -> PairMatch:
+    """Which pairs have both genes in ``var_names``, and how many dropped ones the other species' case matches."""
+    var = pd.Index(var_names)
+    keep = (var.get_indexer(pairs.ligand) >= 0) & (var.get_indexer(pairs.receptor) >= 0)
+    other = "mouse" if _case_of(pairs) == "human" else "human"
+    convert = _mouse if other == "mouse" else str.upper
+    lig = [convert(str(g)) for g in pairs.ligand[~keep]]
+    rec = [convert(str(g)) for g in pairs.receptor[~keep]]
+    n_other = int(((var.get_indexer(lig) >= 0) & (var.get_indexer(rec) >= 0)).sum()) if lig else 0
+    return PairMatch(keep, int((~keep).sum()), n_other, other)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -32,12 +33,13 @@ from ...results import writes_results
 from ...settings import settings
 from ...tilemap import map_tiles, reuse_tiles
 from .correction import adjust_grouped
-from .database import LRPairs, as_pairs
+from .database import LRPairs, PairMatch, as_pairs, match_pairs
 from .background import Background, BackgroundPairs, background_tables, matched_background
 from .features import GeneValues, column_quantiles_and_median, lr_features
 from .neighbourhood import neighbour_means, neighbour_means_sparse, tile_neighbourhood
 from .pairs import check_possible
 from .result import CCIResult
+from .scale_check import SAMPLE_ROWS, scale_warning
 
 REFERENCE = "stLearn 1.2.2"
 DEVIATIONS = ("Q1", "Q2", "Q3", "Q7", "Q8", "Q9", "Q13", "Q15", "Q16", "Q17", "Q18", "Q20", "Q21")
@@ -132,21 +134,24 @@ class _Prepared:
     lcol: np.ndarray
     rcol: np.ndarray
     genes: np.ndarray  # var indices of the LR genes, in column order of lcol/rcol
+    match: PairMatch  # how the table matched var_names (pairs dropped, and how many the other case would match)
 
 
 def _prepare_pairs(ds: SpatialDataset, pairs: LRPairs) -> _Prepared:
+    """The pairs with both genes in ``var_names`` and their genes' columns; how many were dropped is kept in
+    ``match`` (a table in the other species' case drops most pairs, and says so)."""
     var = pd.Index(ds.var_names)
-    li = var.get_indexer(pairs.ligand)
-    ri = var.get_indexer(pairs.receptor)
-    keep = (li >= 0) & (ri >= 0)
+    match = match_pairs(pairs, var)
+    keep = match.keep
     if not keep.any():
-        raise ValueError("none of the LR pairs has both genes in var_names (matching is exact and case-sensitive; "
-                         "for mouse data load the database with species='mouse')")
-    pairs = LRPairs(pairs.ligand[keep], pairs.receptor[keep])
-    li, ri = li[keep], ri[keep]
+        hint = match.hint() or f"var_names begin {', '.join(map(str, var[:3]))}"
+        raise ValueError(f"none of the LR pairs ({match.n_table:,} in the table) has both genes in var_names "
+                         f"(matching is exact and case-sensitive); {hint}")
+    pairs = LRPairs(pairs.ligand[keep], pairs.receptor[keep], pairs.species)
+    li, ri = var.get_indexer(pairs.ligand), var.get_indexer(pairs.receptor)
     genes = np.unique(np.concatenate([li, ri]))
     pos = {g: k for k, g in enumerate(genes)}
-    return _Prepared(pairs, np.array([pos[g] for g in li]), np.array([pos[g] for g in ri]), genes)
+    return _Prepared(pairs, np.array([pos[g] for g in li]), np.array([pos[g] for g in ri]), genes, match)
 
 
 def _order_map(ds: SpatialDataset, neighbour_order) -> dict[int, np.ndarray] | None:
@@ -271,9 +276,12 @@ def run(
     backgrounds and empty results raise; Q20 hash-set duplicate check; Q21 stable lrfeatures ranks.
     """
     t_start = time.perf_counter()
-    _check_arguments(ds, n_pairs, layer, neg_binom, save_bg)
+    _check_arguments(ds, n_pairs, layer, neg_binom, save_bg, min_spots, pval_adj_cutoff)
+    _warn_scale(ds, layer)
     radius = resolve_distance(ds, distance, within_spot=True)
     prep = _prepare_pairs(ds, as_pairs(lrs))
+    if verbose and prep.match.n_dropped:
+        print(prep.match.message())
     order_of = _order_map(ds, neighbour_order)
     tiles = {"rows_per_task": rows_per_task, "scheduler": scheduler, "progress": progress}
     parts = _run_pass1(ds, prep, radius, layer, min_expr, order_of, tiles)
@@ -290,16 +298,23 @@ def run(
                 "min_spots": int(min_spots), "distance": float(radius), "min_expr": float(min_expr),
                 "adj_method": adj_method, "pval_adj_cutoff": float(pval_adj_cutoff), "layer": layer,
                 "replayed_background": background_pairs is not None, "exact_order": order_of is not None,
-                "seconds": round(time.perf_counter() - t_start, 3)},
+                **prep.match.params(), "seconds": round(time.perf_counter() - t_start, 3)},
         background_pairs=BackgroundPairs(bg, pd.Index(ds.var_names).to_numpy()), consume=True,
     )
     result.store(ds)
     return result
 
 
-def _check_arguments(ds: SpatialDataset, n_pairs: int, layer: str, neg_binom: bool, save_bg: bool) -> None:
-    """Refuse, before any work, stLearn options outside stdask's scope, too few background pairs and a layer
-    that is not stored."""
+def _check_arguments(ds: SpatialDataset, n_pairs: int, layer: str, neg_binom: bool, save_bg: bool,
+                     min_spots: int, pval_adj_cutoff: float) -> None:
+    """Refuse, before any work, stLearn options outside stdask's scope, too few background pairs, counts and
+    cutoffs out of range and a layer that is not stored."""
+    if not (isinstance(min_spots, (int, np.integer)) and not isinstance(min_spots, bool) and min_spots >= 0):
+        raise ValueError(f"min_spots={min_spots!r} (CLI: --min-spots) must be an integer >= 0: a pair is valid "
+                         "when more than min_spots observations score > 0")
+    if not (isinstance(pval_adj_cutoff, (int, float, np.number)) and 0 < pval_adj_cutoff <= 1):
+        raise ValueError(f"pval_adj_cutoff={pval_adj_cutoff!r} (CLI: --cutoff) must be a p-value cutoff in (0, 1], "
+                         "e.g. 0.05")
     if neg_binom:
         raise ValueError("neg_binom=True (negative-binomial p-values) is outside stdask's scope; "
                          "use the empirical background (neg_binom=False)")
@@ -311,6 +326,18 @@ def _check_arguments(ds: SpatialDataset, n_pairs: int, layer: str, neg_binom: bo
     if layer not in ds.store.matrix_names():
         raise ValueError(f"no stored matrix {layer!r} in {ds.path} (have {ds.store.matrix_names()}); "
                          "write pending layers first with ds.write()")
+
+
+def _warn_scale(ds: SpatialDataset, layer: str) -> None:
+    """Warn when matrix ``layer`` looks like raw counts or log-transformed data (judged on its first rows)."""
+    try:
+        sample = ds.store.read_rows(0, min(ds.n_obs, SAMPLE_ROWS), layer)
+    except KeyError:  # a dense layer: the values are whatever the user made them, not judged here
+        return
+    message = scale_warning(sample, layer)
+    if message:
+        # attributed to the user's line: above run are its two context-manager decorators and writes_results
+        warnings.warn(message, UserWarning, stacklevel=6)
 
 
 def _run_pass1(ds: SpatialDataset, prep: _Prepared, radius: float, layer: str, min_expr: float,
