@@ -3,8 +3,7 @@
 ``ds = stdask.read("slice.zarr")`` reads only metadata. The matrix is a dask array whose chunks are tile
 groups, each read with one contiguous range per zarr array; ``ds.tile(i, halo=r)`` gives one tile with the
 neighbouring rows within ``r`` (the primitive every neighbourhood computation builds on). Results are kept
-on the dataset until :meth:`SpatialDataset.write` puts them into the store, one element at a time, each
-committed atomically.
+on the dataset until :meth:`SpatialDataset.write` puts them into the store, all in one atomic commit.
 """
 from __future__ import annotations
 
@@ -25,7 +24,8 @@ from .store.info import StoreInfo
 from .store.reader import SLOTS as _SLOTS
 from .store.reader import ElementInfo, StoreReader
 from .store.tiling import Tiling
-from .store.update import write_elements
+from .store.update import check_element_name, write_elements
+from .store.verify import StoreVerification, verify_store
 
 #: default number of rows per dask chunk (whole tiles are grouped up to about this many rows)
 ROWS_PER_CHUNK = 50_000
@@ -190,6 +190,11 @@ class SpatialDataset:
         it is what ``stdask info`` prints."""
         return StoreInfo.of(self.store)
 
+    def verify(self) -> StoreVerification:
+        """Check the whole store: metadata parses, every recorded chunk exists and decodes (checksums);
+        ``str()`` of the result is what ``stdask verify`` prints, ``.ok`` whether nothing is wrong."""
+        return verify_store(self.path)
+
     def derived(self, key: Any, make: Callable[[], Any]) -> Any:
         """``make()``, computed once per open dataset and ``key``: for values workers derive from the stored
         data (e.g. library codes of an obs column); through :func:`open_cached` they live as long as the
@@ -290,6 +295,9 @@ class SpatialDataset:
         """Attach a result (``obs`` column, ``obsm``/``obsp``/``layers``/``uns``/``varm`` element) to write later."""
         if slot not in _SLOTS:
             raise ValueError(f"slot must be one of {_SLOTS}, got {slot!r}")
+        # refused now, not at write(): an empty or path-like key would name the slot's group itself or
+        # another group of the store
+        check_element_name(key)
         if slot in ("obs", "obsm", "obsp", "layers") and hasattr(value, "shape") and value.shape[0] != self.n_obs:
             raise ValueError(f"{slot}[{key!r}] has {value.shape[0]} rows; the dataset has {self.n_obs}")
         if slot == "varm" and value.shape[0] != self.n_vars:
@@ -350,7 +358,8 @@ class SpatialDataset:
         """``X`` or a stored layer as a dask array: CSR matrices with tile-group row chunks (:meth:`matrix`),
         dense layers with the chunks they are stored with."""
         if self.store.matrix_info(name).kind == "dense":
-            return da.from_zarr(self.store.dense_array("layers", name))
+            arr = self.store.dense_array("layers", name)
+            return da.from_array(arr, chunks=arr.chunks)
         return self.matrix(name)
 
     def result_row_counts(self, slot: str, key: str) -> np.ndarray:
@@ -373,8 +382,13 @@ class SpatialDataset:
         other._pending = dict(self._pending)
         return other
 
-    def write(self) -> None:
-        """Write pending results into the store; each element is written aside and renamed into place."""
+    def write(self, lock_timeout: float | None = None) -> None:
+        """Write pending results into the store as one commit: a crash leaves the old results or all the new
+        ones, never a mixture (:mod:`stdask.store.commit`).
+
+        ``lock_timeout``: seconds to wait while another process writes the store before failing with
+        :class:`~stdask.store.lock.StoreLockedError` (default :data:`stdask.store.lock.LOCK_TIMEOUT_S`).
+        """
         if not self._pending:
             return
         obs_cols = {k: v for (slot, k), v in self._pending.items() if slot == "obs"}
@@ -385,7 +399,7 @@ class SpatialDataset:
             for k, v in obs_cols.items():
                 obs[k] = _obs_values(v)
             items.append((TABLE_PATH, "obs", obs))
-        write_elements(self.path, items)
+        write_elements(self.path, items, lock_timeout)
         self._pending.clear()
         # re-open so cached metadata reflects what is now on disk
         self.store = StoreReader(self.path)
@@ -393,9 +407,7 @@ class SpatialDataset:
     # --- export -------------------------------------------------------------------------------
     def to_anndata(self):
         """Materialise the whole table (and pending results) as an in-memory AnnData."""
-        import anndata as ad
-
-        adata = ad.read_zarr(str(self.path / TABLE_PATH))
+        adata = self.store.read_table()
         for (slot, key), value in self._pending.items():
             if isinstance(value, da.Array):
                 from .cluster import compute

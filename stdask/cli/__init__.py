@@ -1,4 +1,4 @@
-"""The ``stdask`` command line: ingest, info, preprocess, cci (run, interactions), report, segment, demo.
+"""The ``stdask`` command line: ingest, info, verify, preprocess, cci (run, interactions), report, segment, demo.
 
 One module per sub-command, each with ``add_parser`` and ``run``; the sub-commands that compute share the
 ``--scheduler`` / ``--progress`` options of :func:`stdask.cli.common.runtime_options`.
@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import cci, demo, info, ingest, preprocess, report, segment
+from . import cci, demo, info, ingest, preprocess, report, segment, verify
 from .common import runtime, runtime_options
 
 __all__ = ["main", "build_parser"]
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     computes = [runtime_options()]
     ingest.add_parser(sub, computes)
     info.add_parser(sub)
+    verify.add_parser(sub)
     preprocess.add_parser(sub, computes)
     cci.add_parser(sub, computes)
     report.add_parser(sub)

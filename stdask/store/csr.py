@@ -5,6 +5,8 @@ A CSR element is a group with ``data``, ``indices`` and ``indptr`` and the attri
 ``encoding-version`` and ``shape``, exactly as anndata writes it, so ``anndata.read_zarr`` reads it.
 :class:`CsrStreamWriter` appends row blocks through :class:`ShardedAppender`, which only ever writes whole
 shards: no shard is read back and rewritten, and memory stays bounded by one shard per array.
+Every shard is written and checksummed, and the element records its shards when it is closed
+(:mod:`stdask.store.chunks`), so :func:`read_csr_range` refuses a missing or damaged one.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import scipy.sparse as sp
 import zarr
 from zarr.codecs import BloscCodec
 
+from .chunks import WRITE_CONFIG, checksummed, read_checked, record_chunks
 from .encoding import IOSpec
 
 CSR_MATRIX = IOSpec("csr_matrix", "0.1.0")
@@ -28,6 +31,11 @@ def compressor() -> BloscCodec:
     return BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
 
 
+def compressors() -> list:
+    """The byte codecs of every array stdask creates: :func:`compressor`, then a ``crc32c`` checksum."""
+    return checksummed(compressor())
+
+
 def index_dtype(n_vars: int) -> np.dtype:
     """Gene-index dtype: int32.
 
@@ -41,12 +49,12 @@ def index_dtype(n_vars: int) -> np.dtype:
 
 
 def create_1d(group: zarr.Group, name: str, dtype: np.dtype, length: int = 0, chunk_elems: int | None = None):
-    """A sharded, compressed 1-D array with ~1 MiB inner chunks."""
+    """A sharded, compressed, checksummed 1-D array with ~1 MiB inner chunks; every shard is written."""
     dtype = np.dtype(dtype)
     inner = chunk_elems or max(INNER_CHUNK_BYTES // dtype.itemsize, 1)
     return group.create_array(
         name, shape=(length,), dtype=dtype, chunks=(inner,), shards=(inner * CHUNKS_PER_SHARD,),
-        compressors=[compressor()],
+        compressors=compressors(), config=WRITE_CONFIG,
     )
 
 
@@ -133,13 +141,18 @@ class CsrStreamWriter:
         arr = create_1d(self.group, "indptr", ptr_dtype, length=len(indptr))
         arr[:] = indptr
         self.group.attrs.update({**CSR_MATRIX.attrs(), "shape": [self.n_rows, self.n_vars]})
+        record_chunks(self.group)
 
 
 def read_csr_range(g: zarr.Group, start: int, stop: int, n_vars: int) -> sp.csr_matrix:
     """Rows ``start:stop`` of the CSR element ``g`` as a CSR matrix (int32 indices); one contiguous read
-    of ``indptr``, ``indices`` and ``data`` each."""
-    indptr = np.asarray(g["indptr"][start : stop + 1], dtype=np.int64)
+    of ``indptr``, ``indices`` and ``data`` each, refused if a shard it touches is missing or damaged."""
+    indptr = np.asarray(_read(g, "indptr", start, stop + 1), dtype=np.int64)
     a, b = int(indptr[0]), int(indptr[-1])
-    indices = np.asarray(g["indices"][a:b]).astype(np.int32)
-    data = np.asarray(g["data"][a:b])
+    indices = _read(g, "indices", a, b).astype(np.int32)
+    data = _read(g, "data", a, b)
     return sp.csr_matrix((data, indices, indptr - a), shape=(stop - start, n_vars))
+
+
+def _read(g: zarr.Group, name: str, start: int, stop: int) -> np.ndarray:
+    return read_checked(g[name], slice(start, stop))

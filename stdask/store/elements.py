@@ -4,6 +4,8 @@ AnnData encodings keep their AnnData names and versions and are read and written
 functions, so ``anndata.read_zarr`` reads every element stdask writes. Matrices that are too large to hold
 arrive as :class:`RowBlocks` and are streamed: CSR row blocks into a ``csr_matrix`` element
 (:class:`~stdask.store.csr.CsrStreamWriter`), dense ones into an ``array`` element, one block at a time.
+Every element written here writes all its chunks with a ``crc32c`` checksum and records them when complete
+(:mod:`stdask.store.chunks`).
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .csr import CSR_MATRIX, CsrStreamWriter, compressor
+from .chunks import ANNDATA_KWARGS, WRITE_CONFIG, record_chunks, writing_every_chunk
+from .csr import CSR_MATRIX, CsrStreamWriter, compressors
 from .encoding import IOSpec, register_read, register_write
 
 ARRAY = IOSpec("array", "0.2.0")
@@ -44,14 +47,16 @@ def read_anndata(node) -> Any:
 
 
 def write_anndata(parent, key: str, value: Any) -> None:
-    """Write ``value`` as ``parent[key]`` with anndata's element writer (it picks the encoding)."""
+    """Write ``value`` as ``parent[key]`` with anndata's element writer (it picks the encoding); every chunk
+    is written with a ``crc32c`` checksum and recorded."""
     from anndata.io import write_elem
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), writing_every_chunk():
         # anndata's small elements (obs columns, uns) are unsharded on purpose; zarr's notice about
         # future default sharding is noise for users
         warnings.filterwarnings("ignore", message=".*autosharding.*")
-        write_elem(parent, key, value)
+        write_elem(parent, key, value, dataset_kwargs=ANNDATA_KWARGS)
+    record_chunks(parent[key])
 
 
 # anndata's choice for everything not registered below (scalars, strings, categoricals, string arrays, ...);
@@ -105,12 +110,13 @@ def write_dense_blocks(parent, key: str, m: RowBlocks) -> None:
     # ~1 MiB chunks of whole rows, never longer than a block
     rows = min(m.max_rows, max(1, (1 << 20) // row_bytes))
     z = parent.create_array(key, shape=m.shape, dtype=dtype, chunks=(rows,) + tuple(m.shape[1:]),
-                            compressors=[compressor()])
+                            compressors=compressors(), config=WRITE_CONFIG)
     r0 = 0
     for b in m.blocks:
         z[r0 : r0 + len(b)] = np.asarray(b)
         r0 += len(b)
     z.attrs.update(ARRAY.attrs())
+    record_chunks(z)
 
 
 __all__ = ["ANNDATA", "ARRAY", "DATAFRAME", "DICT", "STRING_ARRAY", "CSR_MATRIX", "ANNDATA_SPECS", "RowBlocks",

@@ -16,3 +16,7 @@ IMAGES = "images"  # rasters: images/<name>
 
 class StoreFormatError(ValueError):
     """The store is incomplete, corrupt, or written by a stdask version this one cannot read."""
+
+
+class StoreDamageError(StoreFormatError):
+    """A chunk the store recorded as written is missing, or fails its checksum: the store is damaged."""

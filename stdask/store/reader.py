@@ -3,7 +3,8 @@
 Reading a tile costs one ``indptr`` slice and one contiguous range of ``indices``/``data``, because rows
 are stored grouped by tile (see :mod:`stdask.store.writer`). Every element is read through the encoding
 registry (:mod:`stdask.store.encoding`), so an element of an unknown encoding or version is refused with
-its name, never misread.
+its name, never misread; and every read refuses a chunk its array recorded as written but that is missing or
+fails its checksum, naming the element and the chunk (:mod:`stdask.store.chunks`), never reading it as zeros.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import pandas as pd
 import scipy.sparse as sp
 import zarr
 
+from .chunks import CheckedArray, arrays_of, check_element, damage_error, damaged_chunk, read_checked
+from .commit import settle
 from .csr import CSR_MATRIX, read_csr_range
 from .elements import ARRAY, DATAFRAME
 from .encoding import REGISTRY, IOSpec, read_element, register_read, spec_of
@@ -41,9 +44,38 @@ def _where(group: zarr.Group, key: str) -> str:
     return "/".join(str(p) for p in (root, group.path, key) if p)
 
 
+def child(group: zarr.Group, key: str):
+    """``group[key]``; metadata that zarr cannot parse is a :class:`StoreFormatError` naming its ``zarr.json``."""
+    try:
+        return group[key]
+    except Exception as e:  # zarr raises JSONDecodeError, ValueError, TypeError ... for garbled metadata
+        meta = Path(_where(group, key)) / "zarr.json"
+        if isinstance(e, KeyError) and not meta.exists():
+            raise  # a missing element, not a damaged one
+        raise StoreFormatError(f"{meta}: unreadable zarr metadata ({type(e).__name__}: {e}); the store is "
+                               "damaged: restore it or re-run the ingest") from e
+
+
 def read_elem(group: zarr.Group, key: str) -> Any:
-    """Read ``group[key]`` whole, through the encoding registry."""
-    return read_element(group[key], _where(group, key))
+    """Read ``group[key]`` whole, through the encoding registry; a recorded chunk that is missing or damaged
+    raises :class:`~stdask.store.format.StoreDamageError` naming it."""
+    return read_whole(group[key], lambda node: read_element(node, _where(group, key)))
+
+
+def read_whole(node, read: Any) -> Any:
+    """``read(node)`` after checking that every recorded chunk under ``node`` exists; a decoding failure is
+    traced to the chunk that causes it."""
+    check_element(node)
+    try:
+        return read(node)
+    except StoreFormatError:
+        raise
+    except Exception as e:
+        for arr in arrays_of(node):
+            found = damaged_chunk(arr)
+            if found is not None:
+                raise damage_error(arr, *found) from e
+        raise
 
 
 def open_root(path: str | Path, mode: str = "r") -> zarr.Group:
@@ -51,6 +83,8 @@ def open_root(path: str | Path, mode: str = "r") -> zarr.Group:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such store")
+    if not (path / TABLE_PATH).exists():  # a writer killed between the two renames of a fallback switch
+        settle(path)
     try:
         root = zarr.open_group(str(path), mode=mode, zarr_format=3)
     except Exception as e:  # zarr raises several types for a missing/garbled zarr.json
@@ -115,9 +149,9 @@ class StoreReader:
         self.path = Path(path)
         self.root = open_root(self.path)
         self.uuid = self.root.attrs["stdask"].get("uuid", "")
-        self.table = self.root[TABLE_PATH]
+        self.table = child(self.root, TABLE_PATH)
         self._csr: dict[str, zarr.Group] = {}
-        shape = self.table["X"].attrs.get("shape")
+        shape = child(self.table, "X").attrs.get("shape")
         if shape is None:
             raise StoreFormatError(f"{self.path}: table X has no shape attribute")
         self.n_obs, self.n_vars = int(shape[0]), int(shape[1])
@@ -137,10 +171,12 @@ class StoreReader:
         """A token that changes whenever a new ingest replaces the store or its ``obs`` table is rewritten.
 
         The ingest uuid alone is not enough for caches keyed on it: ``ds.write()`` rewrites ``obs`` (a new
-        column, or new values under an old name) by renaming a new directory into place, which gives it a
-        new inode. Matrices are read by path, so a rewritten layer is read afresh under any version.
+        column, or new values under an old name) as a new ``obs`` element whose metadata file is a new
+        file (a new inode); a commit that leaves ``obs`` alone hard-links its files into the new table, so
+        the inode stays (:mod:`stdask.store.commit`). Matrices are read by path, so a rewritten layer is read
+        afresh under any version.
         """
-        st = os.stat(self.path / TABLE_PATH / "obs")
+        st = os.stat(self.path / TABLE_PATH / "obs" / "zarr.json")
         return f"{self.uuid}-{st.st_ino}-{st.st_mtime_ns}"
 
     # --- metadata -----------------------------------------------------------------------------
@@ -172,7 +208,7 @@ class StoreReader:
     @functools.cached_property
     def coords(self) -> np.ndarray:
         """(n_obs, 2) float64 x, y in store units."""
-        return np.asarray(self.table["obsm"]["spatial"][:], dtype=np.float64)
+        return np.asarray(read_checked(self.table["obsm"]["spatial"]), dtype=np.float64)
 
     # --- elements -----------------------------------------------------------------------------
     def keys(self, slot: str) -> list[str]:
@@ -192,7 +228,7 @@ class StoreReader:
     def _node(self, slot: str, key: str):
         if not self.has(slot, key):
             raise KeyError(f"no {slot}[{key!r}] in {self.path}")
-        return self.table[f"{slot}/{key}" if slot else key]
+        return child(self.table, f"{slot}/{key}" if slot else key)
 
     def read(self, slot: str, key: str) -> Any:
         """A stored element (an ``obs`` column, or a whole element of another slot), read into memory."""
@@ -211,8 +247,9 @@ class StoreReader:
         node = self._node(slot, key)
         spec = self._spec(node, slot, key)
         if spec == CSR_MATRIX:
-            return ElementInfo(slot, key, spec, tuple(int(v) for v in node.attrs["shape"]), node["data"].dtype,
-                               int(node["indptr"][-1]))
+            return ElementInfo(slot, key, spec, tuple(int(v) for v in node.attrs["shape"]),
+                               child(node, "data").dtype,
+                               int(read_checked(child(node, "indptr"), slice(-1, None))[0]))
         if spec == ARRAY:
             return ElementInfo(slot, key, spec, tuple(int(v) for v in node.shape), node.dtype)
         if spec == DATAFRAME:
@@ -227,7 +264,7 @@ class StoreReader:
         info = self.element_info(slot, key)
         g = self._node(slot, key)
         if info.kind == "dense":
-            return np.asarray(g[:, j], dtype=np.float64).ravel()
+            return np.asarray(read_checked(g, (slice(None), j)), dtype=np.float64).ravel()
         if info.kind != "csr":
             raise TypeError(f"{self.path}: {slot}[{key!r}] is a {info.spec.encoding!r} element, not a matrix")
         indptr = g["indptr"]
@@ -235,14 +272,14 @@ class StoreReader:
         out = np.full(n, fill, dtype=np.float64)
         for a in range(0, n, rows_per_read):
             b = min(n, a + rows_per_read)
-            ip = np.asarray(indptr[a : b + 1], dtype=np.int64)
+            ip = np.asarray(read_checked(indptr, slice(a, b + 1)), dtype=np.int64)
             lo, hi = int(ip[0]), int(ip[-1])
             if hi == lo:
                 continue
-            hit = np.flatnonzero(np.asarray(g["indices"][lo:hi]) == j)
+            hit = np.flatnonzero(read_checked(g["indices"], slice(lo, hi)) == j)
             if len(hit):
                 rows = np.searchsorted(ip, hit + lo, side="right") - 1
-                out[a + rows] = np.asarray(g["data"][lo:hi])[hit]
+                out[a + rows] = read_checked(g["data"], slice(lo, hi))[hit]
         return out
 
     def row_counts(self, slot: str, key: str) -> np.ndarray:
@@ -250,14 +287,22 @@ class StoreReader:
         info = self.element_info(slot, key)
         if info.kind != "csr":
             raise TypeError(f"{self.path}: {slot}[{key!r}] is a {info.spec.encoding!r} element, not a CSR matrix")
-        return np.diff(np.asarray(self._node(slot, key)["indptr"][:], dtype=np.int64))
+        return np.diff(np.asarray(read_checked(self._node(slot, key)["indptr"]), dtype=np.int64))
 
-    def dense_array(self, slot: str, key: str) -> zarr.Array:
-        """The zarr array of a dense (``array``) matrix element, for lazy reading."""
+    def dense_array(self, slot: str, key: str) -> CheckedArray:
+        """The dense (``array``) matrix element, for lazy reading (``dask.array.from_array(a, chunks=a.chunks)``);
+        its reads refuse missing or damaged chunks."""
         info = self.element_info(slot, key)
         if info.kind != "dense":
             raise TypeError(f"{self.path}: {slot}[{key!r}] is a {info.spec.encoding!r} element, not a dense array")
-        return self._node(slot, key)
+        return CheckedArray(self._node(slot, key))
+
+    def read_table(self):
+        """The whole table as an in-memory AnnData (read by ``anndata.read_zarr``), refused with the element and
+        chunk named if a recorded chunk is missing or damaged."""
+        import anndata as ad
+
+        return read_whole(self.table, lambda node: ad.read_zarr(str(self.path / TABLE_PATH)))
 
     # --- matrices -----------------------------------------------------------------------------
     def matrix_names(self) -> list[str]:
@@ -287,6 +332,8 @@ class StoreReader:
             if name != "X" and not self.has(slot, name):
                 raise KeyError(f"{self.path}: no matrix {name!r}; available: {self.matrix_names()}")
             g = self._node(slot, name)
+            for part in ("indptr", "indices", "data"):  # their metadata parses, or the error names the file
+                child(g, part)
             spec = self._spec(g, slot, name)
             if spec != CSR_MATRIX:
                 raise KeyError(f"{self.path}: no CSR matrix {name!r} (it is a {spec.encoding!r} element); "
@@ -304,4 +351,4 @@ class StoreReader:
         return self.read_rows(int(self.tile_row_start[t0]), int(self.tile_row_start[t1]), name)
 
 
-__all__ = ["STORE", "SLOTS", "ElementInfo", "StoreReader", "open_root", "read_elem"]
+__all__ = ["STORE", "SLOTS", "ElementInfo", "StoreReader", "open_root", "read_elem", "read_whole"]

@@ -4,7 +4,9 @@ The writer receives observations tile by tile, already in store order, and appen
 arrays through :class:`~stdask.store.csr.CsrStreamWriter`, which only ever writes whole shards, so no shard
 is read back and rewritten and memory stays bounded by one shard per array. ``obs`` / ``var`` / ``obsm`` /
 ``uns`` and the tile index go through the encoding registry (:mod:`stdask.store.encoding`), whose AnnData
-writers are anndata's own, so ``anndata.read_zarr`` understands every element.
+writers are anndata's own, so ``anndata.read_zarr`` understands every element. Every array writes all its
+chunks with a ``crc32c`` checksum and records them once complete (:mod:`stdask.store.chunks`), so a reader
+refuses a chunk that goes missing or is damaged later instead of reading zeros.
 The store's root attributes (format version and the ``complete`` mark) are written last, inside a
 temporary directory that is renamed into place on success (:mod:`stdask.store.atomic`).
 """
@@ -20,7 +22,8 @@ import pandas as pd
 import zarr
 
 from .atomic import atomic_directory
-from .csr import CsrStreamWriter, compressor
+from .chunks import WRITE_CONFIG, record_chunks
+from .csr import CsrStreamWriter, compressors
 from .elements import ANNDATA, ARRAY, DATAFRAME, DICT, STRING_ARRAY
 from .encoding import write_element
 from .format import STORE_ENCODING, STORE_VERSION, TABLE, TABLE_PATH
@@ -40,11 +43,11 @@ class ObsStreamWriter:
         self.obs = table.create_group("obs")
         self.obsm = table.create_group("obsm", attributes=DICT.attrs())
         c = self.ROWS_PER_CHUNK
-        self.index = self.obs.create_array("_index", shape=(0,), dtype=str, chunks=(c,), compressors=[compressor()])
-        self.columns = {name: self.obs.create_array(name, shape=(0,), dtype=dt, chunks=(c,), compressors=[compressor()])
+        opts = {"compressors": compressors(), "config": WRITE_CONFIG}  # every chunk written and checksummed
+        self.index = self.obs.create_array("_index", shape=(0,), dtype=str, chunks=(c,), **opts)
+        self.columns = {name: self.obs.create_array(name, shape=(0,), dtype=dt, chunks=(c,), **opts)
                         for name, dt in {"x": np.float64, "y": np.float64, **columns}.items()}
-        self.spatial = self.obsm.create_array("spatial", shape=(0, 2), dtype=np.float64, chunks=(c, 2),
-                                              compressors=[compressor()])
+        self.spatial = self.obsm.create_array("spatial", shape=(0, 2), dtype=np.float64, chunks=(c, 2), **opts)
         self.n = 0
         self.lo = np.array([np.inf, np.inf])
         self.hi = np.array([-np.inf, -np.inf])
@@ -68,13 +71,15 @@ class ObsStreamWriter:
 
     def close(self, tile: np.ndarray) -> None:
         t = self.obs.create_array("tile", shape=(len(tile),), dtype=np.int32, chunks=(self.ROWS_PER_CHUNK,),
-                                  compressors=[compressor()])
+                                  compressors=compressors(), config=WRITE_CONFIG)
         t[:] = tile
         for arr in list(self.columns.values()) + [t, self.spatial]:
             arr.attrs.update(ARRAY.attrs())
         self.index.attrs.update(STRING_ARRAY.attrs())
         self.obs.attrs.update({"_index": "_index", "column-order": list(self.columns) + ["tile"],
                                **DATAFRAME.attrs()})
+        record_chunks(self.obs)
+        record_chunks(self.spatial)
 
 
 def write_elem(group: zarr.Group, key: str, value: Any) -> None:
