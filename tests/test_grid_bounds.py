@@ -55,9 +55,10 @@ def _write_gem(path: Path, far: int) -> None:
 # one outlier costs one tile
 # ------------------------------------------------------------------------------------------------
 def test_outlier_ingests_in_small_memory_and_cci_runs(ref, tmp_path):
-    """An observation at (0.999e9, 0.999e9) um, 1000 um tiles: the bounding grid has 10^12 tiles (dense: 8 TB of
-    row starts); the store lists 26 and `cci.run` finishes. Run in a child so its peak RSS is its own."""
-    far = 0.999 * MAX_COORDINATE
+    """An observation at (1e12, 1e12) um (the issue's case), 1000 um tiles: the bounding grid has 10^18 tiles
+    (dense: 8 EB of row starts); the store lists the occupied ones and `cci.run` finishes. Run in a child so its
+    peak RSS is its own."""
+    far = 1e12
     h5 = tmp_path / "o.h5ad"
     _with_outlier(ref, far, far).write_h5ad(h5)
     script = textwrap.dedent(f"""
@@ -75,19 +76,28 @@ def test_outlier_ingests_in_small_memory_and_cci_runs(ref, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     got = json.loads(run.stdout.strip().splitlines()[-1])
     assert got["rss"] < 2 * 2**30 and got["peak"] < 2 * 2**30, got
-    assert got["grid"][0] * got["grid"][1] > 10**11  # the bounding grid is huge ...
+    assert got["grid"][0] * got["grid"][1] > 10**17  # the bounding grid is huge ...
     assert got["n_tiles"] <= 30  # ... but only the occupied tiles exist
     assert got["n_obs"] == ref.n_obs + 1 and got["n_lrs"] > 0
 
 
 def test_gem_outlier_adds_one_tile(tmp_path):
     gem = tmp_path / "o.gem"
-    _write_gem(gem, int(MAX_COORDINATE) - 1)
+    _write_gem(gem, 10**9 - 1)
     ds = stdask.read(stdask.ingest(gem, tmp_path / "o.zarr", bin_size=1, progress=False))
     assert ds.tiling.nx * ds.tiling.ny > 10**13
     occupied = np.unique(ds.obs["tile"].to_numpy())
     assert ds.n_tiles == len(occupied) == 17 and np.all(np.diff(ds.tile_row_start) > 0)
-    assert ds.obs_names[-1] == f"bin1_{int(MAX_COORDINATE) - 1 - 1000}_{int(MAX_COORDINATE) - 1 - 1000}"
+    assert ds.obs_names[-1] == f"bin1_{10**9 - 1 - 1000}_{10**9 - 1 - 1000}"
+
+
+def test_gem_bin_grid_beyond_int64_refused(tmp_path):
+    """Records 10^12 DNB apart on both axes at bin 1: 10^24 bin ids cannot be numbered in int64."""
+    gem = tmp_path / "o.gem"
+    _write_gem(gem, 10**12)
+    with pytest.raises(ValueError, match=r"bin_size 1: the records span .* bins, more than int64 can number"):
+        stdask.ingest(gem, tmp_path / "o.zarr", bin_size=1, progress=False)
+    assert not (tmp_path / "o.zarr").exists()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -108,15 +118,15 @@ def test_cli_tile_size_zero_refused_not_replaced(tmp_path, capsys):
 
 
 def test_far_or_nan_coordinates_refused(ref, tmp_path):
-    with pytest.raises(ValueError, match=r"\|x\| >= 1e\+09 store units \(first at position 2000: x=1e\+12\)"):
-        stdask.ingest(AnnDataSource(_with_outlier(ref, 1e12, 10.0)), tmp_path / "a.zarr", progress=False)
-    with pytest.raises(ValueError, match=r"\|y\| >= 1e\+09 store units \(first at position 2000: y=-2e\+09\)"):
-        stdask.ingest(AnnDataSource(_with_outlier(ref, 10.0, -2e9)), tmp_path / "b.zarr", progress=False)
+    with pytest.raises(ValueError, match=r"\|x\| >= 1e\+15 store units \(first at position 2000: x=1e\+16\)"):
+        stdask.ingest(AnnDataSource(_with_outlier(ref, 1e16, 10.0)), tmp_path / "a.zarr", progress=False)
+    with pytest.raises(ValueError, match=r"\|y\| >= 1e\+15 store units \(first at position 2000: y=-2e\+15\)"):
+        stdask.ingest(AnnDataSource(_with_outlier(ref, 10.0, -2e15)), tmp_path / "b.zarr", progress=False)
     with pytest.raises(ValueError, match=r"NaN or infinite coordinates \(first at position 2000: x=nan"):
         stdask.ingest(AnnDataSource(_with_outlier(ref, np.nan, 10.0)), tmp_path / "c.zarr", progress=False)
     gem = tmp_path / "far.gem"
-    _write_gem(gem, 10**12)
-    with pytest.raises(ValueError, match=rf"{gem}: 1 record\(s\) have \|x\| >= 1e\+09 .*position 3000"):
+    _write_gem(gem, 10**16)
+    with pytest.raises(ValueError, match=rf"{gem}: 1 record\(s\) have \|x\| >= 1e\+15 .*position 3000"):
         stdask.ingest(gem, tmp_path / "d.zarr", bin_size=1, progress=False)
 
 
@@ -231,19 +241,23 @@ def test_default_tile_size_ignores_a_far_outlier():
     rng = np.random.default_rng(0)
     x, y = rng.uniform(0, 20000, 1_000_000), rng.uniform(0, 20000, 1_000_000)
     plain = default_tile_size(x, y)
-    xo, yo = np.r_[x, 0.999 * MAX_COORDINATE], np.r_[y, 0.999 * MAX_COORDINATE]
-    size = default_tile_size(xo, yo)
-    # the box grew 10^10-fold in area; the tiles did not (else one tile would hold every observation)
-    assert size == plain == 5000.0
-    tl = Tiling.of_points(size, xo, yo)
-    assert np.bincount(tl.tile_of(xo, yo)).max() < 100_000
+    assert plain == 5000.0
+    for far in (0.999e9, 1e12):
+        xo, yo = np.r_[x, far], np.r_[y, far]
+        size = default_tile_size(xo, yo)
+        # the box grew 10^9- to 10^16-fold in area; the tiles did not (else one tile would hold every
+        # observation): the occupied tiles hold at most 16 x the target (20,000) on average, as documented
+        assert size <= 2 * plain, (far, size)
+        counts = np.bincount(Tiling.of_points(size, xo, yo).tile_of(xo, yo))
+        counts = counts[counts > 0]
+        assert len(xo) <= 16 * 20_000 * len(counts) and counts.max() < 0.3 * len(xo), (far, size, counts.max())
 
 
 def test_knn_first_halo_follows_the_occupied_tiles(ref, tmp_path):
     from stdask.gr.neighbors import _knn_halos
 
     plain = stdask.read(stdask.ingest(AnnDataSource(ref), tmp_path / "p.zarr", tile_size=250, progress=False))
-    far = _with_outlier(ref, 0.999 * MAX_COORDINATE, 0.999 * MAX_COORDINATE)
+    far = _with_outlier(ref, 0.999e9, 0.999e9)
     ds = stdask.read(stdask.ingest(AnnDataSource(far), tmp_path / "o.zarr", tile_size=250, progress=False))
     h_plain, _ = _knn_halos(plain, 6)
     h_far, max_halo = _knn_halos(ds, 6)
@@ -253,7 +267,7 @@ def test_knn_first_halo_follows_the_occupied_tiles(ref, tmp_path):
 def test_raster_of_a_far_outlier_refused_not_allocated():
     from stdask.raster import quantize
 
-    coords = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 0.0], [0.999 * MAX_COORDINATE, 10.0]])
+    coords = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 0.0], [0.999e9, 10.0]])
     with pytest.raises(ValueError, match=r"the raster would span 1 x 999,000,001 x 11 pixels \(pitch 1\)"):
         quantize(coords, pitch=1.0)
     with pytest.raises(ValueError, match="more than 2,147,483,648"):

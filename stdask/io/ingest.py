@@ -17,7 +17,7 @@ from .._version import __version__
 from ..progress import progress_bar
 from ..store.markers import check_not_input, check_replaceable
 from ..store.spill import ChunkSpill, TileSpill, csr_from_entries
-from ..store.tiling import (Tiling, check_coordinates, check_tile_count, check_tile_size, default_tile_size,
+from ..store.tiling import (Tiling, check_bin_grid, check_coordinates, check_tile_count, check_tile_size, default_tile_size,
                             sort_order)
 from ..store.writer import StoreBuilder
 from .base import InputError, Source, open_source
@@ -279,6 +279,7 @@ def _ingest_records(src: Source, store: Path, bin_size, cellbin, tile_size, over
             n = int(bin_size)
             xmin, ymin = int(lo[0]), int(lo[1])
             nby = (int(hi[1]) - ymin) // n + 1
+            check_bin_grid((int(hi[0]) - xmin) // n + 1, nby, f"{src.path}: bin_size {n}")
             half = (n - 1) / 2.0
             tile_size = float(n * BINS_PER_TILE_SIDE) if tile_size is None else tile_size
             # the box of the bin centres: the last bin's centre may lie past the last record (up to half a bin)

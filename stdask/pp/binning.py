@@ -27,6 +27,7 @@ import pandas as pd
 from ..dataset import SpatialDataset
 from ..gr.neighbors import BINNING_KEY  # uns key of the pitch, which spatial_neighbors(distance=None) reports
 from ..io.base import EntryChunk, Source
+from ..store.tiling import check_bin_grid
 
 
 def bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -297,6 +298,7 @@ def bin(ds: SpatialDataset, bin_size: float, out: str | Path, *, origin: tuple[f
         edges.append(e)
     xe, ye = edges
     nx, ny = len(xe) - 1, len(ye) - 1
+    check_bin_grid(nx, ny, f"bin size {b:g}")
     bx, by = bin_index(xy[:, 0], xe), bin_index(xy[:, 1], ye)
     cell_bin = bx * ny + by
     tag = f"bin{b:g}_"

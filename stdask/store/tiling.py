@@ -20,15 +20,16 @@ from .hilbert import hilbert_key
 #: bits per axis of the Hilbert curve used inside a tile
 HILBERT_ORDER = 16
 
-#: largest accepted ``|x|``, ``|y|`` in store units (1 km in um; 1e9 DNB): keeps integer bin and grid
-#: arithmetic (``key = bx * nby + by``) far from int64 overflow
-MAX_COORDINATE = 1e9
+#: largest accepted ``|x|``, ``|y|`` in store units: float64 holds every integer below 2**53 (~9e15) exactly, so
+#: integer DNB coordinates and bin arithmetic stay exact; the grids built on them are checked against int64
+#: separately (:data:`MAX_GRID`), so a far outlier costs one tile rather than an overflow
+MAX_COORDINATE = 1e15
 
 #: most tiles a store may hold: a tile costs a few hundred bytes of index and one task slot per pass
 MAX_TILES = 10_000_000
 
 #: bounding grids larger than this cannot number their tiles in int64
-_MAX_GRID = 1 << 62
+MAX_GRID = 1 << 62
 
 
 def check_coordinates(x: np.ndarray, y: np.ndarray, what: str = "coordinates", offset: int = 0) -> None:
@@ -50,6 +51,14 @@ def check_coordinates(x: np.ndarray, y: np.ndarray, what: str = "coordinates", o
             first = int(np.flatnonzero(bad)[0])
             raise ValueError(f"{what}: {int(bad.sum())} record(s) have {problem} "
                              f"(first at position {offset + first}: {show(first)}); {advice}")
+
+
+def check_bin_grid(nx: int, ny: int, what: str) -> None:
+    """Raise a clear error when an ``nx`` x ``ny`` grid of bins cannot be numbered in int64 (bin ids are
+    ``bx * ny + by``): far-apart records at a small bin size. ``what`` names the input and the bin size."""
+    if int(nx) * int(ny) > MAX_GRID:
+        raise ValueError(f"{what}: the records span {int(nx):,} x {int(ny):,} bins, more than int64 can number; "
+                         "a record lies far from the others (remove it or fix its coordinates) or use a larger bin")
 
 
 def check_tile_size(tile_size: float) -> float:
@@ -96,7 +105,7 @@ class Tiling:
     tiles: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
-        if self.nx * self.ny > _MAX_GRID:
+        if self.nx * self.ny > MAX_GRID:
             raise ValueError(f"tile_size {self.tile_size:g} is too small for the extent of the data "
                              f"({self.nx:,} x {self.ny:,} tiles); pass a larger tile_size (CLI: --tile-size)")
         if self.tiles is None:
