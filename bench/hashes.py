@@ -13,7 +13,9 @@ a change and ``diff`` the two outputs::
 Float arrays are hashed by their exact bytes (no rounding), tables by their CSV text at full precision.
 Run both from the same folder (the repository root): a store records its input's absolute path, so the two
 store-bytes hashes depend on where the inputs lie. ``hashes_6694ac6.txt`` is the baseline of the commit before
-the house refactor, run from the repository root.
+the house refactor, run from the repository root. Issue 13 then changed what a store holds on disk (crc32c in
+every codec chain, chunk records, the sparse tile index), so the two ``*_store_bytes`` lines differ from it since;
+every analysis line is unchanged.
 """
 from __future__ import annotations
 
