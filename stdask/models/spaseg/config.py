@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..torch_import import require_torch
+
 
 MODES = ("auto", "full", "tiled", "minibatch")
 
@@ -21,11 +23,7 @@ DEFAULT_BATCH_PIXELS = 1 << 16
 
 
 def _torch():
-    try:
-        import torch
-    except ImportError as e:  # pragma: no cover - torch is a dependency
-        raise ImportError("SpaSEG needs PyTorch: pip install torch") from e
-    return torch
+    return require_torch("SpaSEG")
 
 
 @dataclass
