@@ -4,5 +4,7 @@ from .result import CCIResult
 from .run import run
 from .adjust import adj_pvals
 from .interactions import CCIInteractions, run_cci
+from .learned import learned_graph_cci
 
-__all__ = ["load_lrs", "LRPairs", "run", "adj_pvals", "CCIResult", "run_cci", "CCIInteractions"]
+__all__ = ["load_lrs", "LRPairs", "run", "adj_pvals", "CCIResult", "run_cci", "CCIInteractions",
+           "learned_graph_cci"]

@@ -161,8 +161,10 @@ class CCIInteractions:
     def store(self, ds: SpatialDataset) -> None:
         """Attach to ``ds`` (written by ``ds.write()``): the updated ``uns['lr_summary']``, the two summed
         T x T DataFrames ``uns['lr_cci_<label>']`` / ``uns['lr_cci_raw_<label>']`` and the per-LR arrays
-        ``uns['cci_interactions_<label>']`` (the AnnData export rebuilds stLearn's per-LR dicts from them)."""
-        ds.set_result("uns", "lr_summary", self.lr_summary)
+        ``uns['cci_interactions_<label>']`` (the AnnData export rebuilds stLearn's per-LR dicts from them).
+        A result without ``lr_summary`` (``learned_graph_cci``) leaves ``uns['lr_summary']`` as it is."""
+        if self.lr_summary is not None:
+            ds.set_result("uns", "lr_summary", self.lr_summary)
         ds.set_result("uns", f"lr_cci_{self.label}", self.lr_cci)
         ds.set_result("uns", f"lr_cci_raw_{self.label}", self.lr_cci_raw)
         ds.set_result("uns", KEY_PREFIX + self.label, self.to_dict())
@@ -175,7 +177,11 @@ class CCIInteractions:
         except KeyError:
             raise KeyError(f"no run_cci results for use_label={use_label!r} in {ds.path}; run "
                            f"stdask.tl.cci.run_cci(ds, {use_label!r}) first") from None
-        out = cls.from_dict(use_label, d, ds.get_result("uns", "lr_summary"))
+        try:
+            summary = ds.get_result("uns", "lr_summary")
+        except KeyError:  # learned_graph_cci stores no lr_summary
+            summary = None
+        out = cls.from_dict(use_label, d, summary)
         if out.stale:
             warnings.warn(f"run_cci results for {use_label!r} are stale: adj_pvals changed the significance "
                           "calls they were computed from; re-run run_cci", stacklevel=2)
@@ -224,11 +230,14 @@ def mark_stale(ds: SpatialDataset) -> list[str]:
 
     Called by ``adj_pvals``: new significance calls invalidate the interaction counts (Q19).
     """
-    keys = interaction_keys(ds)
-    for k in keys:
+    keys = []
+    for k in interaction_keys(ds):
         d = dict(ds.get_result("uns", k))
+        if dict(d.get("params", {})).get("method") == "learned_graph_cci":
+            continue  # counts of a learned graph do not depend on run's significance calls
         d["stale"] = True
         ds.set_result("uns", k, d)
+        keys.append(k)
     return keys
 
 

@@ -305,11 +305,16 @@ def _checked_inputs(ds: SpatialDataset, result: CCIResult | None, n_perms: int, 
     n_perms = int(n_perms)
     if n_perms < 0:
         raise ValueError(f"n_perms must be >= 0, got {n_perms}")
+    _check_stream_range(n_obs, seed, "run_cci")
+    return result, n_perms
+
+
+def _check_stream_range(n_obs: int, seed: int, caller: str) -> None:
+    """The permutation streams take a 64-bit seed and sample with 32-bit draws (N < 2**32)."""
     if not 0 <= int(seed) < 2**64:
         raise ValueError(f"seed must be in [0, 2**64), got {seed}")
     if n_obs >= 2**32:
-        raise ValueError(f"run_cci permutes at most 2**32 - 1 observations; the dataset has {n_obs:,}")
-    return result, n_perms
+        raise ValueError(f"{caller} permutes at most 2**32 - 1 observations; the dataset has {n_obs:,}")
 
 
 @dataclass
@@ -429,8 +434,10 @@ def _qualifying_edges(ds: SpatialDataset, result: CCIResult, tested: _Tested, ra
 
 
 def _permutation_counts(edges: _Edges, cells: _Cells, lrs: np.ndarray, n_perms: int, seed: int,
-                        lrs_per_task: int | None, scheduler, progress: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(n_tested, T, T) observed counts M and #{k : M^k >= M}, in LR batches (dask tasks)."""
+                        lrs_per_task: int | None, scheduler, progress: bool,
+                        caller: str = "run_cci") -> tuple[np.ndarray, np.ndarray]:
+    """(n_tested, T, T) observed counts M and #{k : M^k >= M}, in LR batches (dask tasks); ``caller``
+    names the progress bar."""
     from ...cluster import compute
 
     T = len(cells.types)
@@ -443,7 +450,7 @@ def _permutation_counts(edges: _Edges, cells: _Cells, lrs: np.ndarray, n_perms: 
     arrays = [dask.delayed(a, pure=True)
               for a in (edges.e_ptr, edges.eu, edges.ev, edges.mut, edges.k_ptr, edges.endpoints, keys)]
     tasks = [task(shared_d, a, b, *arrays, n_perms, cells.columns) for a, b in batches]
-    out = compute(*tasks, scheduler=scheduler, progress=progress, desc=f"run_cci: {n_perms} permutations")
+    out = compute(*tasks, scheduler=scheduler, progress=progress, desc=f"{caller}: {n_perms} permutations")
     raw = np.concatenate([o[0] for o in out]).reshape(len(lrs), T, T)
     ge = np.concatenate([o[1] for o in out]).reshape(len(lrs), T, T)
     return raw, ge
@@ -453,11 +460,7 @@ def _pvalues_and_summary(raw: np.ndarray, ge: np.ndarray, n_perms: int, p_cutoff
                          tested: np.ndarray, use_label: str) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """p-values, the significant counts (M where p <= ``p_cutoff``) and ``lr_summary`` with stLearn's three
     ``run_cci`` columns (0 for untested LRs)."""
-    if n_perms > 0:
-        pvals = np.where(raw > 0, ge / float(n_perms), 1.0)
-    else:
-        pvals = np.ones(raw.shape)
-    sig_m = np.where(pvals > p_cutoff, 0, raw).astype(np.int64)
+    pvals, sig_m = _pvalues(raw, ge, n_perms, p_cutoff)
     new = summary.copy()
     for name, vals in ((f"n_cci_sig_{use_label}", (pvals < p_cutoff).sum(axis=(1, 2))),
                        (f"n-spot_cci_{use_label}", raw.sum(axis=(1, 2))),
@@ -466,6 +469,16 @@ def _pvalues_and_summary(raw: np.ndarray, ge: np.ndarray, n_perms: int, p_cutoff
         column[tested] = vals
         new[name] = column
     return pvals, sig_m, new
+
+
+def _pvalues(raw: np.ndarray, ge: np.ndarray, n_perms: int, p_cutoff: float) -> tuple[np.ndarray, np.ndarray]:
+    """p = #{k : M^k >= M} / n_perms (1 where M = 0 or n_perms = 0, no pseudo-count) and the significant
+    counts: M where p <= ``p_cutoff``, else 0."""
+    if n_perms > 0:
+        pvals = np.where(raw > 0, ge / float(n_perms), 1.0)
+    else:
+        pvals = np.ones(raw.shape)
+    return pvals, np.where(pvals > p_cutoff, 0, raw).astype(np.int64)
 
 
 def _canonical(eu, ev, e_ptr, k_ptr, ep_rank):
