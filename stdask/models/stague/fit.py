@@ -41,13 +41,6 @@ def _inputs(X, coords, config, anchor, candidates, d_cut):
     return X, coords, anchor, cand, dist, float(d_cut)
 
 
-def _csr(index, value, n):
-    import scipy.sparse as sp
-
-    idx, val = index.cpu().numpy(), value.detach().cpu().numpy().astype(np.float32)
-    return sp.csr_matrix((val, (idx[0], idx[1])), shape=(n, n))
-
-
 def _epoch(mods, opt, state, config, gen):
     """One training epoch (spec §7 steps 1-7); returns (losses, F, A_learned) and updates the anchor."""
     torch = _torch()
@@ -75,6 +68,39 @@ def _epoch(mods, opt, state, config, gen):
     return (float(loss.detach()), float(l_nt.detach()), float(l_tri.detach())), f.detach(), learned, raw
 
 
+def identity_graph(n: int, dev):
+    """The identity adjacency ``(index, value, n)`` of the negative view."""
+    torch = _torch()
+    return torch.arange(n, device=dev).repeat(2, 1), torch.ones(n, device=dev), n
+
+
+def build_modules(n_genes: int, config: STAGUEConfig, dev, graph=None):
+    """Cell encoder, graph learner and graph encoder (created in this order, so the weights drawn from the
+    seeded torch RNG are the same for full-batch and mini-batch training), Adam over all their parameters
+    and the seeded ``torch.Generator`` of the view draws.
+
+    ``graph``: ``((index, value, N) anchor0, candidates, prior)`` the learner keeps (full batch), or
+    ``None`` when every call passes its subgraph (mini-batch)."""
+    torch = _torch()
+    g = graph if graph is not None else (None, None, None)
+    cenc = cell_encoder(n_genes, config).to(dev)
+    learner = graph_learner(config.exp_out, config, *g).to(dev)
+    enc = graph_encoder(config.exp_out, config).to(dev)
+    params = [*cenc.parameters(), *learner.parameters(), *enc.parameters()]
+    opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    gen = torch.Generator(device=dev)
+    gen.manual_seed(int(config.seed))
+    return (cenc, learner, enc), opt, gen
+
+
+def to_csr(index, value, n: int):
+    """(n, n) ``scipy.sparse.csr_matrix`` float32 of torch COO triples."""
+    import scipy.sparse as sp
+
+    idx, val = index.cpu().numpy(), value.detach().cpu().numpy().astype(np.float32)
+    return sp.csr_matrix((val, (idx[0], idx[1])), shape=(n, n))
+
+
 def _train(X, anchor, cand, prior, config, dev, progress):
     """Build the modules under the forked, seeded RNG and run the loop; returns the fit pieces."""
     torch = _torch()
@@ -83,15 +109,8 @@ def _train(X, anchor, cand, prior, config, dev, progress):
     n = X.shape[0]
     t = lambda a, dt=None: torch.as_tensor(a, dtype=dt, device=dev)  # noqa: E731
     anchor0 = (t(anchor[0]), t(anchor[1], torch.float32))
-    eye = (torch.arange(n, device=dev).repeat(2, 1), torch.ones(n, device=dev), n)
-    cenc = cell_encoder(X.shape[1], config).to(dev)
-    learner = graph_learner(config.exp_out, config, (*anchor0, n), t(cand), t(prior)).to(dev)
-    enc = graph_encoder(config.exp_out, config).to(dev)
-    params = [*cenc.parameters(), *learner.parameters(), *enc.parameters()]
-    opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    gen = torch.Generator(device=dev)
-    gen.manual_seed(int(config.seed))
-    state = {"n": n, "X": t(X), "anchor": anchor0, "identity": eye}
+    (cenc, learner, enc), opt, gen = build_modules(X.shape[1], config, dev, ((*anchor0, n), t(cand), t(prior)))
+    state = {"n": n, "X": t(X), "anchor": anchor0, "identity": identity_graph(n, dev)}
     hist = {"loss": [], "nt_xent": [], "triplet": [], "anchor_nnz": []}
     for m in (cenc, learner, enc):
         m.train()
@@ -159,6 +178,6 @@ def fit(X: np.ndarray, coords: np.ndarray, config: STAGUEConfig | None = None, *
         torch.manual_seed(int(config.seed))
         z, learned, raw, hist = _train(X, anchor, cand, prior, config, dev, progress)
     n = X.shape[0]
-    return STAGUEFit(embedding=z.cpu().numpy().astype(np.float32), adj_raw=_csr(*raw, n),
-                     adj_normalized=_csr(*learned, n), d_cut=d_cut, history=hist, device=dev,
+    return STAGUEFit(embedding=z.cpu().numpy().astype(np.float32), adj_raw=to_csr(*raw, n),
+                     adj_normalized=to_csr(*learned, n), d_cut=d_cut, history=hist, device=dev,
                      seconds=time.perf_counter() - t0)

@@ -45,20 +45,24 @@ def _learner_class():
             self.candidates = candidates
             self.prior = prior
 
-        def forward(self, f):
-            """``f``: (N, exp_out) cell-encoder output. Returns ``(A_norm, S)``, each (index (2, E) int64,
-            value (E,) float32) on the symmetrised candidate support."""
+        def forward(self, f, graph=None):
+            """``f``: (N, exp_out) cell-encoder output; ``graph``: ``(anchor0, candidates, prior)`` of a
+            subgraph (mini-batch training), default the full graph given at construction. Returns
+            ``(A_norm, S)``, each (index (2, E) int64, value (E,) float32) on the symmetrised candidate
+            support."""
+            anchor0, candidates, prior = graph if graph is not None else (self.anchor0, self.candidates,
+                                                                          self.prior)
             h = f
             for i, layer in enumerate(self.layers):
-                h = layer(h, self.anchor0)
+                h = layer(h, anchor0)
                 if i < len(self.layers) - 1:
                     h = torch.relu(h)
             h = torch.nn.functional.normalize(h, dim=1, eps=1e-12)
-            row, col = self.candidates
+            row, col = candidates
             s1 = torch.relu((h[row] * h[col]).sum(dim=1))
-            s = self.omega * s1 + (1.0 - self.omega) * self.prior
+            s = self.omega * s1 + (1.0 - self.omega) * prior
             n = f.shape[0]
-            idx, val = symmetrize_mean(self.candidates, s, n)
+            idx, val = symmetrize_mean(candidates, s, n)
             return sym_normalize(idx, val, n), (idx, val)
 
     return GraphLearner
