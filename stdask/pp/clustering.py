@@ -23,9 +23,68 @@ def _import_leidenalg():
     return leidenalg
 
 
-def _graph(ds: SpatialDataset, neighbors_key: str | None, obsp: str | None, directed: bool, upper: bool = False):
+def igraph_from_adjacency(adj, *, directed: bool, upper: bool = False):
+    """An igraph graph of a (n, n) sparse adjacency, with the entries as edge attribute ``"weight"``.
+
+    The same edge list and weights as scanpy's ``get_igraph_from_adjacency``: one edge per stored entry, in
+    CSR order; ``upper=True`` keeps only the upper triangle (an undirected graph needs each edge of a
+    symmetric matrix once). Vertices are the rows, in index order.
+    """
     import igraph as ig
 
+    adj = sp.csr_matrix(adj)
+    if upper:
+        adj = sp.triu(adj, format="csr")
+    sources, targets = adj.nonzero()
+    weights = np.asarray(adj[sources, targets]).ravel().astype(np.float64)
+    g = ig.Graph(directed=directed)
+    g.add_vertices(adj.shape[0])
+    g.add_edges(list(zip(sources.tolist(), targets.tolist())))
+    g.es["weight"] = weights
+    return g
+
+
+def relabel_by_size(membership) -> np.ndarray:
+    """Cluster ids renumbered 0, 1, ... by decreasing size, ties by first appearance; (n,) int64."""
+    membership = np.asarray(membership)
+    ids, first, inverse, sizes = np.unique(membership, return_index=True, return_inverse=True,
+                                           return_counts=True)
+    by_size = np.lexsort((first, -sizes))
+    rank = np.empty(len(ids), dtype=np.int64)
+    rank[by_size] = np.arange(len(ids))
+    return rank[inverse.ravel()]
+
+
+def leiden_membership(g, resolution: float = 1.0, *, random_state: int = 0, n_iterations: int = -1,
+                      use_weights: bool = True) -> np.ndarray:
+    """Leiden communities (leidenalg, RB configuration model) of an igraph graph from
+    :func:`igraph_from_adjacency`: (n,) int64, community 0 the largest (leidenalg's numbering)."""
+    la = _import_leidenalg()
+    kwargs = {"n_iterations": n_iterations, "seed": random_state, "resolution_parameter": resolution}
+    if use_weights:
+        kwargs["weights"] = np.asarray(g.es["weight"], dtype=np.float64)
+    part = la.find_partition(g, la.RBConfigurationVertexPartition, **kwargs)
+    return np.asarray(part.membership, dtype=np.int64)
+
+
+def louvain_membership(g, resolution: float = 1.0, *, random_state: int = 0, use_weights: bool = True) -> np.ndarray:
+    """Louvain communities (igraph's ``community_multilevel``) of an undirected igraph graph from
+    :func:`igraph_from_adjacency` (``upper=True``): (n,) int64, renumbered by :func:`relabel_by_size`."""
+    import random
+
+    import igraph as ig
+
+    _import_leidenalg()
+    # igraph draws from Python's `random` by default: give it a seeded generator for this call only
+    ig.set_random_number_generator(random.Random(random_state))
+    try:
+        part = g.community_multilevel(weights="weight" if use_weights else None, resolution=resolution)
+    finally:
+        ig.set_random_number_generator(random)
+    return relabel_by_size(part.membership)
+
+
+def _graph(ds: SpatialDataset, neighbors_key: str | None, obsp: str | None, directed: bool, upper: bool = False):
     if obsp is None:
         try:
             info = ds.get_result("uns", neighbors_key or "neighbors")
@@ -36,17 +95,7 @@ def _graph(ds: SpatialDataset, neighbors_key: str | None, obsp: str | None, dire
     # vertices in observation-name order: the store's row order follows its tiling, and leidenalg / igraph
     # visit vertices in index order, so this makes the clusters independent of the tile size
     order = canonical_order(ds)
-    adj = adj[order][:, order]
-    if upper:  # an undirected graph needs each edge of the symmetric matrix once
-        adj = sp.triu(adj, format="csr")
-    # the same edge list and weights as scanpy's get_igraph_from_adjacency
-    sources, targets = adj.nonzero()
-    weights = np.asarray(adj[sources, targets]).ravel().astype(np.float64)
-    g = ig.Graph(directed=directed)
-    g.add_vertices(adj.shape[0])
-    g.add_edges(list(zip(sources.tolist(), targets.tolist())))
-    g.es["weight"] = weights
-    return g, weights, obsp, order
+    return igraph_from_adjacency(adj[order][:, order], directed=directed, upper=upper), obsp, order
 
 
 def canonical_order(ds: SpatialDataset) -> np.ndarray:
@@ -100,13 +149,11 @@ def leiden(ds: SpatialDataset, resolution: float = 1.0, *, random_state: int = 0
         Categorical labels ``"0", "1", ...`` (cluster 0 the largest) indexed by observation; also written as
         ``obs[key_added]``, with ``uns[key_added]["params"]``.
     """
-    la = _import_leidenalg()
-    g, weights, used, order = _graph(ds, neighbors_key, obsp, directed)
-    kwargs = {"n_iterations": n_iterations, "seed": random_state, "resolution_parameter": resolution}
-    if use_weights:
-        kwargs["weights"] = weights
-    part = la.find_partition(g, la.RBConfigurationVertexPartition, **kwargs)
-    return _store_labels(ds, key_added, _in_store_order(part.membership, order), {
+    _import_leidenalg()
+    g, used, order = _graph(ds, neighbors_key, obsp, directed)
+    membership = leiden_membership(g, resolution, random_state=random_state, n_iterations=n_iterations,
+                                   use_weights=use_weights)
+    return _store_labels(ds, key_added, _in_store_order(membership, order), {
         "resolution": resolution, "random_state": random_state, "n_iterations": n_iterations, "obsp": used,
         "directed": directed})
 
@@ -135,26 +182,13 @@ def louvain(ds: SpatialDataset, resolution: float = 1.0, *, random_state: int = 
     pandas.Series
         Categorical labels ``"0", "1", ...`` (cluster 0 the largest), also written as ``obs[key_added]``.
     """
-    import random
-
-    import igraph as ig
-
     _import_leidenalg()
-    g, _, used, order = _graph(ds, neighbors_key, obsp, directed=False, upper=True)
-    # igraph draws from Python's `random` by default: give it a seeded generator for this call only
-    ig.set_random_number_generator(random.Random(random_state))
-    try:
-        part = g.community_multilevel(weights="weight" if use_weights else None, resolution=resolution)
-    finally:
-        ig.set_random_number_generator(random)
-    membership = np.asarray(part.membership)
-    # number clusters by decreasing size (ties: first appearance in name order), as leidenalg does
-    ids, first, sizes = np.unique(membership, return_index=True, return_counts=True)
-    by_size = ids[np.lexsort((first, -sizes))]
-    rank = np.empty(ids.max() + 1, dtype=np.int64)
-    rank[by_size] = np.arange(len(by_size))
-    return _store_labels(ds, key_added, _in_store_order(rank[membership], order), {
+    g, used, order = _graph(ds, neighbors_key, obsp, directed=False, upper=True)
+    # clusters numbered by decreasing size (ties: first appearance in name order), as leidenalg does
+    membership = louvain_membership(g, resolution, random_state=random_state, use_weights=use_weights)
+    return _store_labels(ds, key_added, _in_store_order(membership, order), {
         "resolution": resolution, "random_state": random_state, "obsp": used})
 
 
-__all__ = ["leiden", "louvain"]
+__all__ = ["leiden", "louvain", "igraph_from_adjacency", "leiden_membership", "louvain_membership",
+           "relabel_by_size"]
