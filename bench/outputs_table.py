@@ -63,6 +63,10 @@ def sizes(name: str, out) -> dict[int, str]:
         return {len(out.summary): "n_valid"}
     if name == "tl.svg":
         return {len(out): "n_svg"}
+    if name == "tl.stague":
+        return {out.embedding.shape[1]: "rep_dim"}
+    if name == "tl.cci.learned_graph_cci":
+        return {len(out.types): "T"}
     return {}
 
 
@@ -98,6 +102,8 @@ def main() -> None:
                                                threads=1)),
             ("tl.svg", lambda: sd.tl.svg(ds, "spaseg")),
             ("tl.lr_score", lambda: sd.tl.lr_score(ds, "spaseg", lrs, n_pairs=100, n_perms=50, min_spot=0)),
+            ("tl.stague", lambda: sd.tl.stague(ds, 3, epochs=2, threads=1)),
+            ("tl.cci.learned_graph_cci", lambda: sd.tl.cci.learned_graph_cci(ds, label, n_perms=20)),
         ]
         print("| function | slot[key] | kind | shape | dtype |")
         print("| --- | --- | --- | --- | --- |")
