@@ -41,26 +41,41 @@ def _inputs(X, coords, config, anchor, candidates, d_cut):
     return X, coords, anchor, cand, dist, float(d_cut)
 
 
+def contrastive_loss(enc, f, anchor, learn, n: int, config: STAGUEConfig, gen, identity, own=None):
+    """Spec §5.3 and §6: the anchor, learner and negative views of ``f`` through the encoder and
+    ``L = NT-Xent(p1, p2) + w * triplet(p1, p2, p1-)``, over the cells ``own`` (default all).
+
+    ``anchor``: (index, value) adjacency of the n cells; ``learn()``: runs the graph learner, called
+    between the anchor and the learner view as in the reference (the order of the forward pass sets the
+    order in which autograd sums gradients, so it is kept); ``identity``: the identity graph. Draws (in the
+    reference's order): anchor columns, anchor edge dropout, learner columns, learner edge dropout,
+    permutation, negative columns. Returns (loss, nt_xent, triplet, learn()'s value)."""
+    fa = column_mask(f, config.maskfeat_rate_anchor, gen)
+    a_idx, a_val = dropout_edge(*anchor, config.dropedge_rate, gen)
+    _, p1 = enc(fa, (a_idx, a_val, n))
+    out = learn()
+    learned = out[0]
+    fl = column_mask(f, config.maskfeat_rate_learner, gen)
+    l_idx, l_val = dropout_edge(*learned, config.dropedge_rate, gen)
+    _, p2 = enc(fl, (l_idx, l_val, n))
+    perm = permutation(n, gen, f.device)
+    _, pn = enc(column_mask(f[perm], config.maskfeat_rate_anchor, gen), identity)
+    if own is not None:
+        p1, p2, pn = p1[own], p2[own], pn[own]
+    l_nt = nt_xent(p1, p2, config.temperature, config.sim_batch_size)
+    l_tri = triplet_loss(p1, p2, pn, config.margin)
+    return l_nt + config.margin_weight * l_tri, l_nt, l_tri, out
+
+
 def _epoch(mods, opt, state, config, gen):
     """One training epoch (spec §7 steps 1-7); returns (losses, F, A_learned) and updates the anchor."""
     torch = _torch()
     cenc, enc, learner = mods
-    n, X = state["n"], state["X"]
+    n = state["n"]
     opt.zero_grad()
-    f = cenc(X)
-    fa = column_mask(f, config.maskfeat_rate_anchor, gen)
-    a_idx, a_val = dropout_edge(*state["anchor"], config.dropedge_rate, gen)
-    _, p1 = enc(fa, (a_idx, a_val, n))
-    learned, raw = learner(f)
-    fl = column_mask(f, config.maskfeat_rate_learner, gen)
-    l_idx, l_val = dropout_edge(*learned, config.dropedge_rate, gen)
-    _, p2 = enc(fl, (l_idx, l_val, n))
-    perm = permutation(n, gen, X.device)
-    fn = column_mask(f[perm], config.maskfeat_rate_anchor, gen)
-    _, pn = enc(fn, state["identity"])
-    l_nt = nt_xent(p1, p2, config.temperature, config.sim_batch_size)
-    l_tri = triplet_loss(p1, p2, pn, config.margin)
-    loss = l_nt + config.margin_weight * l_tri
+    f = cenc(state["X"])
+    loss, l_nt, l_tri, (learned, raw) = contrastive_loss(enc, f, state["anchor"], lambda: learner(f), n, config,
+                                                         gen, state["identity"])
     loss.backward()
     opt.step()
     with torch.no_grad():

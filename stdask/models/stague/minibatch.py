@@ -2,13 +2,15 @@
 prediction batch by batch, in memory bounded by the batch, not the slice.
 
 Training
-    Every epoch visits the batches of :func:`~.subgraph.spatial_batches` in a seeded random order. A step
-    runs spec §7's epoch on the subgraph induced by the batch's own cells and every cell within
-    ``train_hops`` edges of them (anchor or candidate edges): the three views, the learner on the subgraph's
-    initial anchor and candidate pairs, NT-Xent and the triplet loss over the **own** cells (halo cells only
-    feed the GCNs), one Adam step, then bootstrapping of the anchor entries of the own cells' rows. Each
-    anchor entry is therefore bootstrapped once per epoch, as in full-batch training. BatchNorm uses the
-    statistics of the step's cells.
+    Every epoch visits the batches in a seeded random order; a batch joins ``blocks_per_batch`` random
+    spatial blocks of :func:`~.subgraph.spatial_batches`. Each batch runs spec §7's epoch on the subgraph
+    induced by its own cells and every cell within ``train_hops`` edges of them (anchor or candidate
+    edges; default 4): the three views, the learner on the subgraph's initial anchor and candidate pairs,
+    NT-Xent and the triplet loss over the **own** cells (halo cells only feed the GCNs), then bootstrapping
+    of the anchor entries of the own cells' rows, so each entry is bootstrapped once per epoch as in full
+    batch. By default (``accumulate=True``) the batches' gradients, each weighted by its share of the
+    cells, are summed and the optimiser steps once per epoch, as full batch does. BatchNorm uses the
+    statistics of the batch's cells.
 
 Prediction
     In eval mode with the trained weights (spec §8's ``predict="recompute"``; full-batch's "last epoch"
@@ -19,8 +21,9 @@ Prediction
     whole-slice computation, whatever the batches. Local ids follow global row order, so sums run in the
     same order in every batch.
 
-Differences from full batch: many optimiser steps per epoch instead of one; BatchNorm statistics of a
-batch; the losses' negatives come from the batch (as the reference's ``sim_batch_size``).
+Differences from full batch: BatchNorm statistics of a batch; the losses' negatives come from the batch (as
+the reference's ``sim_batch_size``); halo cells' neighbourhoods are truncated at ``train_hops``; with
+``accumulate=False``, one optimiser step per batch.
 """
 from __future__ import annotations
 
@@ -32,11 +35,8 @@ import scipy.sparse as sp
 
 from ..spaseg.runtime import deterministic, resolve_device
 from .config import STAGUEConfig, STAGUEFit, _torch
-from .fit import build_modules, identity_graph
-from .losses import nt_xent, triplet_loss
-from .sparse import dropout_edge
+from .fit import build_modules, contrastive_loss, identity_graph
 from .subgraph import Subgraph, UnionGraph, closure, induced, spatial_batches, union_graph
-from .views import column_mask, permutation
 
 #: union hops around a prediction batch that make its own cells' results exact (module docstring)
 PREDICT_HOPS = 7
@@ -66,31 +66,25 @@ def _bootstrap(sub: Subgraph, graph: UnionGraph, learned, tau: float) -> None:
     graph.anchor[sub.position[rows]] = new[rows]
 
 
-def _step(mods, opt, gen, sub: Subgraph, graph: UnionGraph, features, config: STAGUEConfig, dev):
-    """One optimiser step on one batch's subgraph; returns (loss, nt_xent, triplet)."""
+def _step(mods, opt, gen, sub: Subgraph, graph: UnionGraph, features, config: STAGUEConfig, dev,
+          weight: float = 1.0, step: bool = True):
+    """Forward and backward on one batch's subgraph, the loss scaled by ``weight``; with ``step`` the
+    gradients are zeroed first and the optimiser steps after (else they accumulate). Returns the unscaled
+    (loss, nt_xent, triplet)."""
     torch = _torch()
     cenc, learner, enc = mods
     m = len(sub.nodes)
     anchor0, anchor, cand = _tensors(sub, graph, dev)
     x = torch.as_tensor(features(sub.nodes), dtype=torch.float32, device=dev)
     own = torch.as_tensor(np.flatnonzero(sub.own), device=dev)
-    opt.zero_grad()
+    if step:
+        opt.zero_grad()
     f = cenc(x)
-    fa = column_mask(f, config.maskfeat_rate_anchor, gen)
-    a_idx, a_val = dropout_edge(*anchor, config.dropedge_rate, gen)
-    _, p1 = enc(fa, (a_idx, a_val, m))
-    learned, _ = learner(f, graph=(anchor0, *cand))
-    fl = column_mask(f, config.maskfeat_rate_learner, gen)
-    l_idx, l_val = dropout_edge(*learned, config.dropedge_rate, gen)
-    _, p2 = enc(fl, (l_idx, l_val, m))
-    perm = permutation(m, gen, dev)
-    _, pn = enc(column_mask(f[perm], config.maskfeat_rate_anchor, gen), identity_graph(m, dev))
-    p1, p2, pn = p1[own], p2[own], pn[own]
-    l_nt = nt_xent(p1, p2, config.temperature, config.sim_batch_size)
-    l_tri = triplet_loss(p1, p2, pn, config.margin)
-    loss = l_nt + config.margin_weight * l_tri
-    loss.backward()
-    opt.step()
+    loss, l_nt, l_tri, (learned, _) = contrastive_loss(enc, f, anchor, lambda: learner(f, graph=(anchor0, *cand)),
+                                                       m, config, gen, identity_graph(m, dev), own)
+    (loss * weight).backward()
+    if step:
+        opt.step()
     with torch.no_grad():
         _bootstrap(sub, graph, learned, config.tau)
     return float(loss.detach()), float(l_nt.detach()), float(l_tri.detach())
@@ -131,7 +125,7 @@ def _predict(mods, graph: UnionGraph, features, batches, config: STAGUEConfig, d
 def fit_minibatch(features: Callable[[np.ndarray], np.ndarray], n_genes: int, coords: np.ndarray,
                   anchor: tuple, candidates: tuple, d_cut: float, config: STAGUEConfig | None = None, *,
                   batch_cells: int = 4096, blocks_per_batch: int = 4, predict_cells: int | None = None,
-                  train_hops: int = 2,
+                  train_hops: int = 4, accumulate: bool = True,
                   device: str | None = None, threads: int | None = None, progress: bool = False) -> STAGUEFit:
     """Train STAGUE on spatial mini-batches and predict batch by batch (module docstring).
 
@@ -163,7 +157,15 @@ def fit_minibatch(features: Callable[[np.ndarray], np.ndarray], n_genes: int, co
         Own cells per prediction batch (default ``4 * batch_cells``; larger batches re-read fewer halo
         cells).
     train_hops
-        Union-graph hops of halo around a training batch.
+        Union-graph hops of halo around a training batch. A cell's result depends on cells up to 7 hops
+        away (module docstring); a smaller halo truncates the neighbourhoods of the batch's border cells.
+        Measured on a 1,500-spot layered slice (seed 1, 80 epochs, batches of 4 x 150 spots; full batch
+        ARI 0.955): 2 hops 0.686, 4 hops 0.932, 7 hops 0.943.
+    accumulate
+        ``True``: one optimiser step per epoch on the gradients of all batches, each batch's loss weighted
+        by its share of the cells -- the reference's full-batch optimisation with its ``sim_batch_size``
+        chunking of the loss (same steps, same learning rate). ``False``: a step after every batch
+        (stochastic; many more steps per epoch, so fewer epochs, but results further from full batch).
     device, threads, progress
         As :func:`~.fit.fit`.
 
@@ -207,11 +209,16 @@ def fit_minibatch(features: Callable[[np.ndarray], np.ndarray], n_genes: int, co
         for _ in range(config.epochs):
             losses = []
             order = rng.permutation(len(train))
+            if accumulate:
+                opt.zero_grad()
             for i in range(0, len(order), blocks_per_batch):
                 own = np.sort(np.concatenate([train[b] for b in order[i:i + blocks_per_batch]]))
                 sub = induced(graph, closure(struct, own, train_hops), own)
-                losses.append(_step(mods, opt, gen, sub, graph, features, config, dev))
+                losses.append(_step(mods, opt, gen, sub, graph, features, config, dev,
+                                    weight=len(own) / n if accumulate else 1.0, step=not accumulate))
                 bar.update(1)
+            if accumulate:
+                opt.step()
             for key, v in zip(("loss", "nt_xent", "triplet"), np.mean(losses, axis=0)):
                 hist[key].append(float(v))
             hist["anchor_nnz"].append(int(np.count_nonzero(graph.anchor)))

@@ -87,7 +87,7 @@ def _permuted(a: sp.csr_matrix, order: np.ndarray) -> sp.csr_matrix:
     return sp.csr_matrix((c.data, (order[c.row], order[c.col])), shape=a.shape)
 
 
-def _train(ds, spill, sp_in, order, rank_of, cfg, mode, batch_cells, device, threads, progress) -> STAGUEFit:
+def _train(ds, spill, sp_in, order, rank_of, cfg, mode, batch, device, threads, progress) -> STAGUEFit:
     """Train in canonical (obs-name) order, so nothing depends on the store's row order (its tiling); the
     fit is returned in that order."""
     n = len(order)
@@ -105,7 +105,8 @@ def _train(ds, spill, sp_in, order, rank_of, cfg, mode, batch_cells, device, thr
         return fit(spill(order), coords, cfg, anchor=anchor, candidates=cand[0], d_cut=sp_in.d_cut,
                    device=device, threads=threads, progress=progress)
     return fit_minibatch(lambda rows: spill(order[rows]), spill.shape[1], coords, anchor, cand, sp_in.d_cut,
-                         cfg, batch_cells=batch_cells, device=device, threads=threads, progress=progress)
+                         cfg, batch_cells=batch["batch_cells"], accumulate=batch["accumulate"], device=device,
+                         threads=threads, progress=progress)
 
 
 def _store_order(fitted: STAGUEFit, order: np.ndarray) -> STAGUEFit:
@@ -135,7 +136,8 @@ def _labels(ds, fitted, order, n_clusters, cluster, refine, seed, progress):
 def stague(ds: SpatialDataset, n_clusters: int | None = None, *, cluster: str = "kmeans", refine: int = 0,
            layer: str | None = None, use_highly_variable: bool | None = None, epochs: int | None = None,
            seed: int = 0, config: STAGUEConfig | None = None, minibatch: bool | None = None,
-           max_full_batch: int = MAX_FULL_BATCH, batch_cells: int = 4096, key_added: str = "stague",
+           max_full_batch: int = MAX_FULL_BATCH, batch_cells: int = 4096, accumulate: bool = True,
+           key_added: str = "stague",
            device: str | None = None, threads: int | None = None, progress: bool = True,
            **params: Any) -> STAGUEResult:
     """STAGUE: learn a cell embedding and a cell-cell graph, and cluster the embedding into spatial domains.
@@ -166,6 +168,11 @@ def stague(ds: SpatialDataset, n_clusters: int | None = None, *, cluster: str = 
         ``None``: mini-batch training above ``max_full_batch`` observations; ``True`` / ``False`` force it.
     batch_cells
         Own observations per mini-batch.
+    accumulate
+        Mini-batch mode: ``True`` (default) takes one optimiser step per epoch on the gradients of all
+        batches (the reference's full-batch optimisation, its loss chunked as with ``sim_batch_size``);
+        ``False`` steps after every batch (stochastic: fewer epochs needed on a large slice, results
+        further from full batch). See :func:`stdask.models.stague.minibatch.fit_minibatch`.
     key_added
         Name of the results (module docstring).
     device
@@ -207,13 +214,15 @@ def stague(ds: SpatialDataset, n_clusters: int | None = None, *, cluster: str = 
     with SpilledRows(inp.matrix, progress=progress) as spill:
         if not inp.info.get("normalized_here"):
             check_scale(spill.sample(), f"{ds.path}: layer {inp.info['layer']!r}")
-        fitted = _train(ds, spill, sp_in, order, rank_of, cfg, mode, batch_cells, device, threads, progress)
+        batch = {"batch_cells": int(batch_cells), "accumulate": bool(accumulate)}
+        fitted = _train(ds, spill, sp_in, order, rank_of, cfg, mode, batch, device, threads, progress)
     labels, cinfo = _labels(ds, fitted, order, n_clusters, cluster, refine, int(seed), progress)
     fitted = _store_order(fitted, order)
     info = {
         "reference": REFERENCE, "mode": mode, "n_obs": int(ds.n_obs), "input": inp.info,
         "params": {**dataclasses.asdict(cfg), "n_clusters": n_clusters, "cluster": cluster, "refine": int(refine),
-                   "batch_cells": int(batch_cells) if mode == "minibatch" else None},
+                   "batch_cells": int(batch_cells) if mode == "minibatch" else None,
+                   "accumulate": bool(accumulate) if mode == "minibatch" else None},
         "d_cut": float(fitted.d_cut), "n_candidate_pairs": int(sp_in.candidates[0].shape[1]),
         "n_learned_edges": int(fitted.adj_raw.nnz), "history": fitted.history, "clustering": cinfo,
         "device": fitted.device, "seconds_training": float(fitted.seconds),
