@@ -13,3 +13,7 @@ OBS = 1  #: per-observation values: cell type, library size, hotspot role
 JITTER = 2  #: per-observation position jitter ("cells" layout)
 DNB = 3  #: placement of molecules on DNBs (GEM / GEF writers)
 COUNTS = 5  #: counter-based uniforms of the count matrix (:mod:`stdask.datasets.counts`)
+PAIRED_MODEL = 6  #: paired spatial + reference data (:mod:`.paired`): programs, states, platform, embedding
+PAIRED_CELLS = 7  #: paired data: per-cell states, activities, library sizes (block 0 spatial, 1 reference)
+PAIRED_SPATIAL = 8  #: paired data: counter-based uniforms of the spatial counts, per block of cells
+PAIRED_REFERENCE = 9  #: paired data: counter-based uniforms of the reference counts, per block of cells
