@@ -3,13 +3,25 @@ cquzys/stImpute @ 5a096592, re-implemented from ``stimpute.md``; the reference h
 embedding files of it are used).
 
 So far: the gene graph (``gene_graph``, §4) over expression cosine, a user-supplied gene embedding
-(:func:`stdask.io.gene_embedding.read_gene_embedding`) or the per-gene hybrid of both.
+(:func:`stdask.io.gene_embedding.read_gene_embedding`) or the per-gene hybrid of both; the settings with the size
+rule (``config``); the autoencoder and its pre-training (``autoencoder``, §2); neighbour retrieval and the
+neighbour-feature gather (``neighbours``, §3); the GraphSAGE-style blocks and the Trans network (``blocks``, §5,
+§6) and the loss (``loss``, §6). torch is imported only when a model is built or trained.
 """
 from stdask.io.gene_embedding import EmbeddingMatch, GeneEmbedding, read_gene_embedding
 
+from .autoencoder import AETraining, ae_optimizer, ae_step, encode, make_autoencoder, train_autoencoder
+from .blocks import GS_NORMALIZE_EPS, aggregate, graph_tensor, gs_block, gs_block_class, make_trans, trans_for
+from .config import BLENDS, SIZE_RULE_CELLS, SIZE_RULE_GENES, StImputeConfig, is_small_data
 from .gene_graph import (WEIGHTINGS, GeneGraph, cosine_from_gram, distance_code_graph, embedding_similarity,
                          expression_similarity, gene_graph, hybrid_similarity, rank_positive, topk_graph)
+from .loss import COSINE_EPS, loss_terms, stimpute_loss
+from .neighbours import approximate_cosine_neighbours, cosine_neighbours, exact_cosine_neighbours, gather
 
-__all__ = ["WEIGHTINGS", "EmbeddingMatch", "GeneEmbedding", "GeneGraph", "cosine_from_gram",
-           "distance_code_graph", "embedding_similarity", "expression_similarity", "gene_graph",
-           "hybrid_similarity", "rank_positive", "read_gene_embedding", "topk_graph"]
+__all__ = ["AETraining", "BLENDS", "COSINE_EPS", "EmbeddingMatch", "GS_NORMALIZE_EPS", "GeneEmbedding", "GeneGraph",
+           "SIZE_RULE_CELLS", "SIZE_RULE_GENES", "StImputeConfig", "WEIGHTINGS", "ae_optimizer", "ae_step",
+           "aggregate", "approximate_cosine_neighbours", "cosine_from_gram", "cosine_neighbours",
+           "distance_code_graph", "embedding_similarity", "encode", "exact_cosine_neighbours", "expression_similarity",
+           "gather", "gene_graph", "graph_tensor", "gs_block", "gs_block_class", "hybrid_similarity", "is_small_data",
+           "loss_terms", "make_autoencoder", "make_trans", "rank_positive", "read_gene_embedding", "stimpute_loss",
+           "topk_graph", "train_autoencoder", "trans_for"]
