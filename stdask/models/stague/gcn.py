@@ -43,13 +43,74 @@ def gcn_propagate(x, index, value, n: int, renormalize: bool = True):
         w = dinv[row] * w * dinv[col]
     else:
         w = value
-    # a sparse (target, source) matrix product, not index_add over gathered rows: on the CPU it is 4x faster
-    # forward and backward (measured: 2,000 nodes, 40,000 edges, 512 features, 1 thread: 0.07 vs 0.27 s)
+    return spmm(row, col, w.to(x.dtype), x, n)
+
+
+#: edges per chunk of the value gradient (bounds its (chunk, d) temporary: 32,768 x 512 float32 = 64 MiB)
+GRAD_CHUNK = 32_768
+
+
+def _sparse(rows, cols, w, n: int):
+    torch = _torch()
     with warnings.catch_warnings():
         # torch warns once that invariant checks are off; the indices are in range by construction
         warnings.filterwarnings("ignore", "Sparse invariant checks", UserWarning)
-        m = torch.sparse_coo_tensor(torch.stack([col, row]), w.to(x.dtype), (n, n), check_invariants=False)
-    return torch.sparse.mm(m, x)
+        return torch.sparse_coo_tensor(torch.stack([rows, cols]), w, (n, n), check_invariants=False)
+
+
+def _spmm_class():
+    torch = _torch()
+
+    class SpMM(torch.autograd.Function):
+        """``out_j = sum_(i -> j) w_e x_i`` with gradients in O(E d) time and O(chunk d) extra memory.
+
+        torch's own ``sparse.mm`` gradient for the values of a sparse matrix builds the dense (n, n)
+        product ``grad_out @ x^T`` before masking it (measured: +1 GiB at 16,000 nodes, quadratic in n),
+        which bounds mini-batches and costs quadratic time; here the value gradient is the per-edge dot
+        product ``<grad_out_j, x_i>``, chunked over edges."""
+
+        @staticmethod
+        def forward(ctx, row, col, w, x, n):
+            ctx.save_for_backward(row, col, w, x)
+            ctx.n = n
+            return torch.sparse.mm(_sparse(col, row, w, n), x)
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            row, col, w, x = ctx.saved_tensors
+            grad_w = grad_x = None
+            if ctx.needs_input_grad[2]:
+                grad_w = torch.empty_like(w)
+                for s in range(0, w.numel(), GRAD_CHUNK):
+                    e = slice(s, s + GRAD_CHUNK)
+                    grad_w[e] = (grad_out[col[e]] * x[row[e]]).sum(dim=1)
+            if ctx.needs_input_grad[3]:
+                grad_x = torch.sparse.mm(_sparse(row, col, w, ctx.n), grad_out)
+            return None, None, grad_w, grad_x, None
+
+    return SpMM
+
+
+def spmm(row, col, w, x, n: int):
+    """``out (n, d)`` with ``out_j = sum over edges e = (i -> j) of w_e x_i`` (a sparse (target, source)
+    product: on the CPU 4x faster than index_add over gathered rows), differentiable in ``w`` and ``x``.
+
+    Parameters
+    ----------
+    row, col
+        (E,) int64 source i and target j of each edge.
+    w
+        (E,) float edge weights.
+    x
+        (n, d) float node features.
+    """
+    global _SPMM
+    if _SPMM is None:
+        _SPMM = _spmm_class()
+    return _SPMM.apply(row, col, w, x, n)
+
+
+_SPMM = None
 
 
 def gcn_layer_class():
