@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import STAGUEConfig, _torch
-from .gcn import gcn_layer_class
+from .gcn import edge_dot, gcn_layer_class
 from .sparse import sym_normalize, symmetrize_mean
 
 
@@ -59,7 +59,7 @@ def _learner_class():
                     h = torch.relu(h)
             h = torch.nn.functional.normalize(h, dim=1, eps=1e-12)
             row, col = candidates
-            s1 = torch.relu((h[row] * h[col]).sum(dim=1))
+            s1 = torch.relu(edge_dot(h, row, col))
             s = self.omega * s1 + (1.0 - self.omega) * prior
             n = f.shape[0]
             idx, val = symmetrize_mean(candidates, s, n)
