@@ -12,7 +12,8 @@ PKG = Path(__file__).resolve().parent.parent / "stdask"
 
 #: bottom to top (README, "Layers"); a module may import modules of its own layer or of lower ones
 LAYERS: list[tuple[str, ...]] = [
-    ("stdask._version", "stdask.settings", "stdask.progress", "stdask.data", "stdask.random_streams"),
+    ("stdask._version", "stdask.settings", "stdask.progress", "stdask.data", "stdask.random_streams",
+     "stdask.memory"),
     ("stdask.store",),
     ("stdask.io",),
     ("stdask.backend",),

@@ -33,6 +33,7 @@ from typing import Callable
 import numpy as np
 import scipy.sparse as sp
 
+from ...memory import release_memory
 from ..spaseg.runtime import deterministic, resolve_device
 from .config import STAGUEConfig, STAGUEFit, _torch
 from .fit import build_modules, contrastive_loss, identity_graph
@@ -189,6 +190,7 @@ def fit_minibatch(features: Callable[[np.ndarray], np.ndarray], n_genes: int, co
     n = coords.shape[0]
     prior = spatial_prior(candidates[1], d_cut, config.gamma)
     graph = union_graph(n, anchor[0], anchor[1], candidates[0], prior)
+    release_memory()
     struct = graph.structure
     blocks_per_batch = int(blocks_per_batch)
     if blocks_per_batch < 1:

@@ -10,6 +10,7 @@ a CSR kept in memory-mapped files of a private temporary folder (removed when th
 batch is a gather of its rows and memory stays bounded by the batch."""
 from __future__ import annotations
 
+import mmap
 import shutil
 import tempfile
 import warnings
@@ -147,15 +148,27 @@ class SpilledRows:
                 nnz += m.nnz
         self.indptr = indptr
         self.nnz = int(nnz)
-        # np.memmap refuses an empty file
-        self._data = np.memmap(self._dir / "data.f32", np.float32, "r") if nnz else np.zeros(0, np.float32)
-        self._indices = np.memmap(self._dir / "indices.i32", np.int32, "r") if nnz else np.zeros(0, np.int32)
+        self._maps = []
+        self._data = self._map("data.f32", np.float32)
+        self._indices = self._map("indices.i32", np.int32)
+
+    def _map(self, name: str, dtype) -> np.ndarray:
+        if self.nnz == 0:  # mmap refuses an empty file
+            return np.zeros(0, dtype)
+        with open(self._dir / name, "rb") as fh:
+            mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        self._maps.append(mm)
+        return np.frombuffer(mm, dtype=dtype)
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
         pos, lengths = row_positions(self.indptr, rows)
         out = np.zeros((len(rows), self.shape[1]), np.float32)
         out[np.repeat(np.arange(len(rows)), lengths), self._indices[pos]] = self._data[pos]
+        # drop the pages just read from this process's resident set (they stay in the page cache): over an
+        # epoch every page is read, and a slice's whole input would otherwise count against its memory
+        for mm in self._maps:
+            mm.madvise(mmap.MADV_DONTNEED)
         return out
 
     def sample(self, n_rows: int = 2000) -> sp.csr_matrix:
@@ -165,6 +178,12 @@ class SpilledRows:
 
     def close(self) -> None:
         self._data = self._indices = None
+        for mm in self._maps:
+            try:
+                mm.close()
+            except BufferError:  # an array still views the map; it is unmapped when that array goes
+                pass
+        self._maps = []
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> "SpilledRows":

@@ -31,6 +31,7 @@ from ...dataset import SpatialDataset
 from ...models.stague import STAGUEConfig, STAGUEFit, fit
 from ...models.stague.minibatch import fit_minibatch
 from ...pp.clustering import canonical_order
+from ...memory import release_memory
 from ...results import writes_results
 from .clusters import CLUSTER_METHODS, cluster_embedding, refine_labels
 from .inputs import SpilledRows, check_scale, model_input
@@ -211,6 +212,7 @@ def stague(ds: SpatialDataset, n_clusters: int | None = None, *, cluster: str = 
     rank_of = np.empty_like(order)
     rank_of[order] = np.arange(len(order))
     sp_in = spatial_inputs(ds, cfg.k, cfg.a_k, cfg.n_candidates, rank_of, progress=progress)
+    release_memory()  # the graph builds' temporaries (10^7-edge arrays at 10^6 cells) before training
     with SpilledRows(inp.matrix, progress=progress) as spill:
         if not inp.info.get("normalized_here"):
             check_scale(spill.sample(), f"{ds.path}: layer {inp.info['layer']!r}")
