@@ -18,3 +18,14 @@ def _no_dangling_distributed_default():
             Client.current(allow_global=True)
         except ValueError:
             dask.config.set(scheduler=None)
+
+
+@pytest.fixture(scope="module")
+def quiet_progress():
+    """Progress bars off for a test module (its module-level fixtures included); restored afterwards."""
+    from stdask.settings import settings
+
+    old = settings.progress
+    settings.progress = False
+    yield
+    settings.progress = old

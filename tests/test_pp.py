@@ -18,7 +18,6 @@ import stdask.pp as pp
 from stdask import cluster
 from stdask.io.memory import AnnDataSource
 from stdask import blocks as _blocks
-from stdask.settings import settings
 
 sc = pytest.importorskip("scanpy")
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # scanpy's notices about its own defaults
@@ -42,11 +41,8 @@ def make_adata(n=2000, g=250, k=5, seed=0):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def quiet():
-    old = settings.progress
-    settings.progress = False
+def quiet(quiet_progress):
     yield
-    settings.progress = old
 
 
 @pytest.fixture(scope="module")

@@ -15,17 +15,13 @@ import stdask
 from stdask.io.memory import AnnDataSource
 from stdask.raster import (RasterBuilder, TileGrid, dataset_grid, median_nn_distance, pixel_affine,
                            quantize, rasterize, read_raster, read_tiles, sample_pixels, write_raster)
-from stdask.settings import settings
 from stdask.store.encoding import REGISTRY
 from stdask.store.format import StoreFormatError
 
 
 @pytest.fixture(autouse=True)
-def quiet():
-    old = settings.progress
-    settings.progress = False
+def quiet(quiet_progress):
     yield
-    settings.progress = old
 
 
 # ------------------------------------------------------------------------------------------------ grid

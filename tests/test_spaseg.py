@@ -15,7 +15,6 @@ import stdask
 import stdask.pp as pp
 from stdask.datasets import synthetic_slice
 from stdask.io.memory import AnnDataSource
-from stdask.settings import settings
 from stdask.tl.metrics import ari, evaluate, label_free, nmi
 
 torch = pytest.importorskip("torch")
@@ -30,11 +29,8 @@ THREADS = 1
 
 
 @pytest.fixture(scope="module", autouse=True)
-def quiet():
-    old = settings.progress
-    settings.progress = False
+def quiet(quiet_progress):
     yield
-    settings.progress = old
 
 
 def make_store(adata, path, unit="um", spot=55.0):

@@ -14,7 +14,6 @@ import stdask
 import stdask.pp as pp
 from stdask.datasets import synthetic_slice
 from stdask.io.memory import AnnDataSource
-from stdask.settings import settings
 from stdask.tl.metrics import ari
 
 torch = pytest.importorskip("torch")
@@ -29,11 +28,8 @@ SMALL = dict(exp_out=64, hidden_dim=32, rep_dim=16, proj_dim=16)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def quiet():
-    old = settings.progress
-    settings.progress = False
+def quiet(quiet_progress):
     yield
-    settings.progress = old
 
 
 def _adata(n_obs=700, seed=3, n_domains=4):

@@ -13,7 +13,6 @@ import scipy.sparse as sp
 
 import stdask
 from stdask.io.memory import AnnDataSource
-from stdask.settings import settings
 from stdask.tl.svg import select, svg
 
 N_DOM = 4
@@ -21,11 +20,8 @@ N_MARK = 12
 
 
 @pytest.fixture(autouse=True)
-def quiet():
-    old = settings.progress
-    settings.progress = False
+def quiet(quiet_progress):
     yield
-    settings.progress = old
 
 
 def planted(seed: int = 0):
