@@ -19,10 +19,11 @@ import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
 from .store.elements import RowBlocks
-from .store.format import TABLE_PATH
+from .store.format import TABLE, TABLE_PATH
 from .store.info import StoreInfo
 from .store.reader import SLOTS as _SLOTS
 from .store.reader import ElementInfo, StoreReader
+from .store.tables import TableReader, open_table
 from .store.tiling import Tiling
 from .store.update import check_element_name, write_elements
 from .store.verify import StoreVerification, verify_store
@@ -68,7 +69,8 @@ class Tile:
     n_own
         Number of the tile's own rows.
     X
-        (n_own + n_halo, n_vars) CSR matrix of those rows (int32 indices).
+        (n_own + n_halo, n_vars) CSR matrix of those rows (int32 indices); of a further table
+        (:mod:`stdask.store.tables`), a dense float32 ndarray.
     coords
         (n_own + n_halo, 2) float64 coordinates in store units.
     """
@@ -76,7 +78,7 @@ class Tile:
     index: int
     rows: np.ndarray
     n_own: int
-    X: sp.csr_matrix
+    X: sp.csr_matrix | np.ndarray
     coords: np.ndarray
 
     @property
@@ -85,19 +87,21 @@ class Tile:
 
 
 @functools.lru_cache(maxsize=8)
-def open_cached(path: str, version: str) -> "SpatialDataset":
-    """The dataset at ``path``, opened once per process and store version (:attr:`StoreReader.version`).
+def open_cached(path: str, version: str, table: str = TABLE) -> "SpatialDataset":
+    """The dataset at ``path`` (its table ``table``), opened once per process and store version
+    (:attr:`StoreReader.version`).
 
     The worker-side cache of every task that reads a store by path (matrix blocks, tiles, graph halos):
     metadata and coordinates are read once, then shared. ``version`` is in the key so a store replaced by a
     new ingest, or whose ``obs`` was rewritten, is opened afresh, never served stale. Values derived from
     the store are cached on the dataset itself (:meth:`SpatialDataset.derived`), so they share this key.
     """
-    return SpatialDataset(path)
+    return SpatialDataset(path, table=table)
 
 
-def _read_block(path: str, version: str, name: str, start: int, stop: int, n_vars: int) -> sp.csr_matrix:
-    return open_cached(path, version).store.read_rows(start, stop, name)
+def _read_block(path: str, version: str, name: str, start: int, stop: int, n_vars: int,
+                table: str = TABLE) -> sp.csr_matrix | np.ndarray:
+    return open_cached(path, version, table).store.read_rows(start, stop, name)
 
 
 T = TypeVar("T")
@@ -135,10 +139,15 @@ class SpatialDataset:
         Path of a committed store.
     rows_per_chunk
         Target rows per dask chunk; chunks are whole tiles.
+    table
+        Which table of the store: ``"table"`` (the main one), or a further table (:mod:`stdask.store.tables`)
+        whose dense float32 ``X`` and genes replace the main table's while observations, coordinates and
+        tiles stay the main table's.
     """
 
-    def __init__(self, path: str | Path, rows_per_chunk: int = ROWS_PER_CHUNK) -> None:
-        self.store = StoreReader(path)
+    def __init__(self, path: str | Path, rows_per_chunk: int = ROWS_PER_CHUNK, table: str = TABLE) -> None:
+        self.store: StoreReader = open_table(path, table)
+        self.table = table
         self.path = self.store.path
         self.rows_per_chunk = int(rows_per_chunk)
         self._pending: dict[tuple[str, str], Any] = {}
@@ -187,8 +196,8 @@ class SpatialDataset:
 
     def info(self) -> StoreInfo:
         """Summary of the store (shape, entries, tiles, units, memory of its materialisations); ``str()`` of
-        it is what ``stdask info`` prints."""
-        return StoreInfo.of(self.store)
+        it is what ``stdask info`` prints (the main table's, whichever table this dataset opened)."""
+        return StoreInfo.of(self.store if self.table == TABLE else StoreReader(self.path))
 
     def verify(self) -> StoreVerification:
         """Check the whole store: metadata parses, every recorded chunk exists and decodes (checksums);
@@ -204,8 +213,9 @@ class SpatialDataset:
         return self._derived[key]
 
     def __repr__(self) -> str:
-        nnz = int(self.matrix_info("X").nnz)
-        return (f"SpatialDataset {self.path.name}: {self.n_obs:,} obs x {self.n_vars:,} vars, nnz {nnz:,}, "
+        nnz = self.matrix_info("X").nnz
+        values = f"nnz {nnz:,}" if nnz is not None else f"table {self.table!r} (dense)"
+        return (f"SpatialDataset {self.path.name}: {self.n_obs:,} obs x {self.n_vars:,} vars, {values}, "
                 f"{int((np.diff(self.tile_row_start) > 0).sum())}/{self.n_tiles} tiles occupied "
                 f"(tile {self.tiling.tile_size:g} {self.unit})")
 
@@ -224,25 +234,28 @@ class SpatialDataset:
         return [(a, b) for a, b in groups if starts[b] > starts[a]] or [(0, self.n_tiles)]
 
     def matrix(self, name: str = "X", rows_per_chunk: int | None = None) -> da.Array:
-        """A matrix of the store as a dask array of CSR chunks (row chunks = tile groups)."""
+        """A matrix of the store as a dask array of CSR chunks (row chunks = tile groups); a further table's
+        ``X``: dense float32 ndarray chunks."""
         if name not in self.store.matrix_names():
             raise KeyError(f"no matrix {name!r} in {self.path}; available: {self.store.matrix_names()}")
         groups = self.tile_groups(rows_per_chunk)
         starts = self.tile_row_start
         version = self.store.version
-        key = f"stdask-{name}-{version}-{rows_per_chunk or self.rows_per_chunk}"
+        key = f"stdask-{self.table}-{name}-{version}-{rows_per_chunk or self.rows_per_chunk}"
         dsk = {
-            (key, i, 0): (_read_block, str(self.path), version, name, int(starts[a]), int(starts[b]), self.n_vars)
+            (key, i, 0): (_read_block, str(self.path), version, name, int(starts[a]), int(starts[b]), self.n_vars,
+                          self.table)
             for i, (a, b) in enumerate(groups)
         }
         chunks = (tuple(int(starts[b] - starts[a]) for a, b in groups), (self.n_vars,))
         dtype = self.store.matrix_dtype(name)
-        meta = sp.csr_matrix((0, 0), dtype=dtype)
+        dense = isinstance(self.store, TableReader) and name == "X"
+        meta = np.empty((0, 0), dtype=dtype) if dense else sp.csr_matrix((0, 0), dtype=dtype)
         return da.Array(dsk, key, chunks, meta=meta)
 
     @property
     def X(self) -> da.Array:
-        """(n_obs, n_vars) counts as a dask array of scipy CSR chunks."""
+        """(n_obs, n_vars) counts as a dask array of scipy CSR chunks (a further table: dense float32)."""
         return self.matrix("X")
 
     def layer(self, name: str) -> da.Array:
@@ -285,7 +298,8 @@ class SpatialDataset:
                 a, b = self.tile_rows(int(u))
                 block = self.store.read_rows(a, b, layer)
                 parts.append(block[extra[tiles == u] - a])
-            X = sp.vstack([own] + parts, format="csr")
+            dense = isinstance(own, np.ndarray)  # a further table's X
+            X = np.concatenate([own] + parts) if dense else sp.vstack([own] + parts, format="csr")
         else:
             X = own
         return Tile(int(t), rows, r1 - r0, X, self.coords[rows])
@@ -356,8 +370,8 @@ class SpatialDataset:
 
     def stored_matrix(self, name: str) -> da.Array:
         """``X`` or a stored layer as a dask array: CSR matrices with tile-group row chunks (:meth:`matrix`),
-        dense layers with the chunks they are stored with."""
-        if self.store.matrix_info(name).kind == "dense":
+        dense layers with the chunks they are stored with (a further table's dense ``X``: tile-group chunks)."""
+        if name != "X" and self.store.matrix_info(name).kind == "dense":
             arr = self.store.dense_array("layers", name)
             return da.from_array(arr, chunks=arr.chunks)
         return self.matrix(name)
@@ -378,7 +392,7 @@ class SpatialDataset:
         """The same store opened again, with a copy of the pending results (the values themselves are shared:
         results are replaced, never modified in place). What is recorded on the copy does not reach ``self``;
         this is what an analysis called with ``copy=True`` works on."""
-        other = SpatialDataset(self.path, rows_per_chunk=self.rows_per_chunk)
+        other = SpatialDataset(self.path, rows_per_chunk=self.rows_per_chunk, table=self.table)
         other._pending = dict(self._pending)
         return other
 
@@ -391,6 +405,10 @@ class SpatialDataset:
         """
         if not self._pending:
             return
+        if self.table != TABLE:
+            raise ValueError(f"results of table {self.table!r} are not written into the store (its results would "
+                             "belong to the main table's observations); open the main table to write them, or "
+                             "export them with to_anndata()")
         obs_cols = {k: v for (slot, k), v in self._pending.items() if slot == "obs"}
         items = [(f"{TABLE_PATH}/{slot}", k, _storable(v))
                  for (slot, k), v in self._pending.items() if slot != "obs"]
@@ -473,6 +491,7 @@ def _storable(value: Any) -> Any:
     return RowBlocks(arr.shape, arr.dtype, sp.issparse(arr._meta), max(arr.chunks[0]), computed())
 
 
-def read(path: str | Path, rows_per_chunk: int = ROWS_PER_CHUNK) -> SpatialDataset:
-    """Open a store lazily (metadata only)."""
-    return SpatialDataset(path, rows_per_chunk=rows_per_chunk)
+def read(path: str | Path, rows_per_chunk: int = ROWS_PER_CHUNK, table: str = TABLE) -> SpatialDataset:
+    """Open a store lazily (metadata only); ``table`` names a further table of it
+    (:func:`stdask.store.tables.table_names`), opened with the main table's observations and tiles."""
+    return SpatialDataset(path, rows_per_chunk=rows_per_chunk, table=table)

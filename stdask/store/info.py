@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .reader import StoreReader
+from .tables import table_shapes
 
 
 def human_bytes(n: float) -> str:
@@ -41,6 +42,8 @@ class StoreInfo:
         Memory of the whole ``X`` as CSR (int32 indices), as dense float32, and of the largest tile as CSR.
     provenance
         What made the store.
+    tables
+        (n_obs, n_vars) of each further table (:mod:`stdask.store.tables`) by name; the main one left out.
     """
 
     path: str
@@ -60,6 +63,7 @@ class StoreInfo:
     dense_float32_bytes: int
     largest_tile_csr_bytes: int
     provenance: dict
+    tables: dict[str, tuple[int, int]]
 
     @classmethod
     def of(cls, store: StoreReader) -> "StoreInfo":
@@ -79,6 +83,7 @@ class StoreInfo:
             dense_float32_bytes=4 * n_obs * n_vars,
             largest_tile_csr_bytes=int(occ.max() * (nnz / max(1, n_obs)) * (data_b + 4)) if len(occ) else 0,
             provenance=dict(store.tile_index.provenance),
+            tables=table_shapes(store.root),
         )
 
     def as_dict(self) -> dict:
@@ -98,6 +103,9 @@ class StoreInfo:
             f"memory         whole CSR {human_bytes(self.csr_in_memory_bytes)}; dense float32 "
             f"{human_bytes(self.dense_float32_bytes)}; largest tile {human_bytes(self.largest_tile_csr_bytes)}",
         ]
+        if self.tables:
+            shapes = (f"{n} {r:,} obs x {c:,} vars" for n, (r, c) in self.tables.items())
+            lines.append("tables         " + "; ".join(shapes))
         if self.provenance:
             lines.append("provenance     " + ", ".join(f"{k}={v}" for k, v in self.provenance.items()))
         return "\n".join(lines)
