@@ -2,11 +2,14 @@
 cquzys/stImpute @ 5a096592, re-implemented from ``stimpute.md``; the reference has no licence, so no code or
 embedding files of it are used).
 
-So far: the gene graph (``gene_graph``, §4) over expression cosine, a user-supplied gene embedding
+Modules: the gene graph (``gene_graph``, §4) over expression cosine, a user-supplied gene embedding
 (:func:`stdask.io.gene_embedding.read_gene_embedding`) or the per-gene hybrid of both; the settings with the size
 rule (``config``); the autoencoder and its pre-training (``autoencoder``, §2); neighbour retrieval and the
 neighbour-feature gather (``neighbours``, §3); the GraphSAGE-style blocks and the Trans network (``blocks``, §5,
-§6) and the loss (``loss``, §6). torch is imported only when a model is built or trained.
+§6); the loss (``loss``, §6) and its full-batch gradient over tiles of cells (``twopass``); the EM training
+(``fit``, §7); prediction of any tile of cells and the final blend (``predict``, §8); the reliability model
+(``reliability``, §9). torch is imported only when a model is built or trained. The datasets-level pipeline is
+:func:`stdask.tl.impute` / :func:`stdask.tl.impute_cv`.
 """
 from stdask.io.gene_embedding import EmbeddingMatch, GeneEmbedding, read_gene_embedding
 
@@ -16,9 +19,15 @@ from .config import BLENDS, SIZE_RULE_CELLS, SIZE_RULE_GENES, StImputeConfig, is
 from .gene_graph import (WEIGHTINGS, GeneGraph, cosine_from_gram, distance_code_graph, embedding_similarity,
                          expression_similarity, gene_graph, hybrid_similarity, rank_positive, topk_graph)
 from .loss import COSINE_EPS, loss_terms, stimpute_loss
-from .neighbours import approximate_cosine_neighbours, cosine_neighbours, exact_cosine_neighbours, gather
+from .fit import StImputeFit, fit, tile_cells_for, trans_predict
+from .neighbours import CodeIndex, approximate_cosine_neighbours, cosine_neighbours, exact_cosine_neighbours, gather
+from .predict import Predictor, TilePrediction, knn_weights
+from .reliability import FEATURES, Reliability, profile_features, train_reliability, uncentred_cosine
+from .twopass import TargetStats, target_stats, tile_slices, tiled_loss_backward
 
-__all__ = ["AETraining", "BLENDS", "COSINE_EPS", "EmbeddingMatch", "GS_NORMALIZE_EPS", "GeneEmbedding", "GeneGraph",
+__all__ = ["AETraining", "BLENDS", "CodeIndex", "FEATURES", "Predictor", "Reliability", "StImputeFit", "TargetStats",
+           "TilePrediction", "fit", "knn_weights", "profile_features", "target_stats", "tile_cells_for", "tile_slices",
+           "tiled_loss_backward", "train_reliability", "trans_predict", "uncentred_cosine", "COSINE_EPS", "EmbeddingMatch", "GS_NORMALIZE_EPS", "GeneEmbedding", "GeneGraph",
            "SIZE_RULE_CELLS", "SIZE_RULE_GENES", "StImputeConfig", "WEIGHTINGS", "ae_optimizer", "ae_step",
            "aggregate", "approximate_cosine_neighbours", "cosine_from_gram", "cosine_neighbours",
            "distance_code_graph", "embedding_similarity", "encode", "exact_cosine_neighbours", "expression_similarity",

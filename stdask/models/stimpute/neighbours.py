@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["METHODS", "approximate_cosine_neighbours", "cosine_neighbours", "exact_cosine_neighbours", "gather"]
+__all__ = ["CodeIndex", "METHODS", "approximate_cosine_neighbours", "cosine_neighbours", "exact_cosine_neighbours", "gather"]
 
 METHODS = ("auto", "exact", "pynndescent")
 #: float64 distances per block of the exact search (32 MB)
@@ -92,16 +92,7 @@ def exact_cosine_neighbours(query: np.ndarray, reference: np.ndarray, k: int,
     distances
         (N, k) float32 ``1 - cos`` (computed in float64), ascending.
     """
-    query, r, k = _prepare(query, reference, k)
-    step = int(block_rows) if block_rows else max(1, _BLOCK_VALUES // max(r.shape[0], 1))
-    idx = np.empty((query.shape[0], k), dtype=np.int64)
-    dist = np.empty((query.shape[0], k), dtype=np.float32)
-    for start in range(0, query.shape[0], step):
-        d = 1.0 - _unit_rows(query[start:start + step], "query") @ r.T
-        cols = _smallest_k(d, k)
-        idx[start:start + step] = cols
-        dist[start:start + step] = np.take_along_axis(d, cols, axis=1)
-    return idx, dist
+    return CodeIndex(reference, k, np.shape(query)[0], method="exact").query(query, block_rows)
 
 
 def approximate_cosine_neighbours(query: np.ndarray, reference: np.ndarray, k: int,
@@ -112,24 +103,7 @@ def approximate_cosine_neighbours(query: np.ndarray, reference: np.ndarray, k: i
     ``random_state``. The neighbour sets are approximate; the distances of the cells found are recomputed
     exactly (float64, cast to float32) and each row is ordered by (distance, reference index).
     """
-    from pynndescent import NNDescent
-
-    query, r, k = _prepare(query, reference, k)
-    # unit rows in: cosine is unchanged, and pynndescent's zero-vector convention (0 between two zero vectors)
-    # only matters for zero codes, whose recomputed distances are 1
-    index = NNDescent(r.astype(np.float32), metric="cosine", n_neighbors=max(k, 15), random_state=int(seed),
-                      low_memory=True, verbose=False)
-    idx = np.empty((query.shape[0], k), dtype=np.int64)
-    dist = np.empty((query.shape[0], k), dtype=np.float32)
-    for start in range(0, query.shape[0], QUERY_ROWS):
-        q = _unit_rows(query[start:start + QUERY_ROWS], "query")
-        found, _ = index.query(q.astype(np.float32), k=k)
-        found = np.asarray(found, dtype=np.int64)
-        d = 1.0 - np.einsum("nd,nkd->nk", q, r[found])
-        order = _row_order(d, found)
-        idx[start:start + q.shape[0]] = np.take_along_axis(found, order, axis=1)
-        dist[start:start + q.shape[0]] = np.take_along_axis(d, order, axis=1)
-    return idx, dist
+    return CodeIndex(reference, k, np.shape(query)[0], method="pynndescent", seed=seed).query(query)
 
 
 def _row_order(d: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -217,3 +191,68 @@ def gather(reference_expr: np.ndarray | sp.spmatrix | sp.sparray, idx: np.ndarra
         block = ref[rows].toarray() if sp.issparse(ref) else ref[rows]
         out[start:start + step] = block.reshape(-1, k, g)
     return out
+
+
+class CodeIndex:
+    """The reference codes of one AE state, searchable tile after tile (spec §3, §8).
+
+    Built once; :meth:`query` finds any spatial cells' K nearest reference cells, so a prediction walks the
+    slice tile by tile without rebuilding the search structure. ``method`` is resolved as in
+    :func:`cosine_neighbours` from the *whole* query size (``n_query``), so every tile of one slice searches the
+    same way. The exact search treats each query row alone (a row's result does not depend on the rows beside it);
+    pynndescent's queries are checked for that in the tests.
+
+    Parameters
+    ----------
+    reference
+        (M, d) float reference codes.
+    k
+        Neighbours per query, ``1 <= k <= M``.
+    n_query
+        Spatial cells that will be queried in all (for the ``"auto"`` choice).
+    method, exact_max_pairs, seed
+        As :func:`cosine_neighbours`.
+    """
+
+    def __init__(self, reference: np.ndarray, k: int, n_query: int, *, method: str = "auto",
+                 exact_max_pairs: int = 10**9, seed: int = 42) -> None:
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if method == "auto":
+            method = "exact" if int(n_query) * int(np.shape(reference)[0]) <= exact_max_pairs else "pynndescent"
+        _, self.unit, self.k = _prepare(np.zeros((0, np.shape(reference)[1])), reference, k)
+        self.method = method
+        self._index = None
+        if method == "pynndescent":
+            from pynndescent import NNDescent
+
+            self._index = NNDescent(self.unit.astype(np.float32), metric="cosine", n_neighbors=max(self.k, 15),
+                                    random_state=int(seed), low_memory=True, verbose=False)
+
+    def query(self, codes: np.ndarray, block_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(n, K) int64 reference rows (nearest first, ties by index) and (n, K) float32 cosine distances of the
+        (n, d) query ``codes``; the exact search takes ``block_rows`` rows at a time (default: about 2^22 / M,
+        32 MB of float64 distances)."""
+        codes = np.asarray(codes)
+        if codes.ndim != 2 or codes.shape[1] != self.unit.shape[1]:
+            raise ValueError(f"query codes must be (cells, {self.unit.shape[1]}) like the reference codes, got "
+                             f"shape {codes.shape}")
+        idx = np.empty((codes.shape[0], self.k), dtype=np.int64)
+        dist = np.empty((codes.shape[0], self.k), dtype=np.float32)
+        if self._index is None:
+            step = int(block_rows) if block_rows else max(1, _BLOCK_VALUES // max(self.unit.shape[0], 1))
+            for start in range(0, codes.shape[0], step):
+                d = 1.0 - _unit_rows(codes[start:start + step], "query") @ self.unit.T
+                cols = _smallest_k(d, self.k)
+                idx[start:start + step] = cols
+                dist[start:start + step] = np.take_along_axis(d, cols, axis=1)
+            return idx, dist
+        for start in range(0, codes.shape[0], QUERY_ROWS):
+            q = _unit_rows(codes[start:start + QUERY_ROWS], "query")
+            found, _ = self._index.query(q.astype(np.float32), k=self.k)
+            found = np.asarray(found, dtype=np.int64)
+            d = 1.0 - np.einsum("nd,nkd->nk", q, self.unit[found])
+            order = _row_order(d, found)
+            idx[start:start + q.shape[0]] = np.take_along_axis(found, order, axis=1)
+            dist[start:start + q.shape[0]] = np.take_along_axis(d, order, axis=1)
+        return idx, dist
