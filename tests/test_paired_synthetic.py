@@ -11,7 +11,8 @@ import scipy.sparse as sp
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 
-from stdask.datasets.paired import paired_synthetic, write_paired
+from stdask.datasets.paired import (paired_model, paired_reference, paired_synthetic, spatial_obs, spatial_panel_chunks,
+                                    write_paired)
 
 N_SPATIAL, N_REFERENCE, N_GENES, N_PANEL = 3000, 1500, 600, 150
 
@@ -199,3 +200,34 @@ def test_write_paired_npz_without_pyarrow(tmp_path, monkeypatch):
         np.testing.assert_array_equal(npz["vectors"], p.gene_embedding.vectors)
     assert sorted(q.name for q in tmp_path.iterdir()) == [
         "gene_embedding.npz", "reference.h5ad", "spatial.h5ad", "truth.h5ad"]
+
+
+def test_streamed_panel_equals_paired_synthetic():
+    """paired_model + spatial_panel_chunks + paired_reference (the bench's streamed inputs) give paired_synthetic's
+    panel and reference bit for bit; 2,400 genes make count blocks of 873 cells, so the chunks span several."""
+    kw = dict(n_spatial=1800, n_reference=200, n_genes=2400, n_panel=100, seed=7)
+    p, model = paired_synthetic(**kw), paired_model(**kw)
+    chunks = list(spatial_panel_chunks(model, chunk_size=1000))
+    assert [start for start, _ in chunks] == [0, 1746]  # two whole blocks, then the rest
+    assert [c.shape[0] for _, c in chunks] == [1746, 54] and all(c.shape[1] == 100 for _, c in chunks)
+    x = sp.vstack([c for _, c in chunks]).tocsr()
+    assert all(c.dtype == np.int32 for _, c in chunks)
+    assert x.shape == p.spatial.shape and (x != p.spatial.X).nnz == 0
+    assert list(model.genes[model.panel_idx]) == list(p.spatial.var_names)
+    assert spatial_obs(model).equals(p.spatial.obs)
+    np.testing.assert_array_equal(model.coords, p.spatial.obsm["spatial"])
+    ref = paired_reference(model)
+    assert (ref.X != p.reference.X).nnz == 0 and ref.obs.equals(p.reference.obs) and ref.var.equals(p.reference.var)
+    with pytest.raises(ValueError, match="chunk_size"):
+        next(spatial_panel_chunks(model, chunk_size=0))
+
+
+def test_reference_and_genes_do_not_depend_on_n_spatial():
+    """The bench builds one reference for every spatial size: the gene-level model, the panel and the reference
+    cells are drawn before (and apart from) the spatial cells."""
+    a, b = (paired_model(n, 300, 200, 40, seed=2) for n in (100, 700))
+    np.testing.assert_array_equal(a.panel_idx, b.panel_idx)
+    np.testing.assert_array_equal(a.truth.loadings, b.truth.loadings)
+    ra, rb = paired_reference(a), paired_reference(b)
+    assert (ra.X != rb.X).nnz == 0 and ra.obs.equals(rb.obs)
+    assert a.truth.scale_spatial != b.truth.scale_spatial  # the spatial side is recalibrated per size

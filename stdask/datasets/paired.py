@@ -37,10 +37,11 @@ Model
 Everything comes from keyed streams of ``seed`` (:mod:`stdask.random_streams`, purposes ``PAIRED_*`` of
 :mod:`.purposes`), so the same arguments give identical data.
 
-Size and memory: the data are generated in memory (not streamed). The truth is CSR int32 (about
-``0.15 * n_spatial * n_genes`` stored entries, 8 bytes each: 100,000 cells x 2,000 genes hold about 3e7
-entries, 240 MB); expected means are computed per block of cells (about 2**21 entries, 16 MiB), never as a
-dense cells x genes array; per-cell arrays are ``(n, n_programs)`` float64. Measured: 100,000 spatial cells
+Size and memory: :func:`paired_synthetic` holds the data in memory; :func:`paired_model` +
+:func:`spatial_panel_chunks` + :func:`paired_reference` give the same panel and reference with the panel streamed
+(no truth held). The truth is CSR int32 (about ``0.15 * n_spatial * n_genes`` stored entries, 8 bytes each:
+100,000 cells x 2,000 genes hold 3e7 entries, 240 MB); expected means are computed per block of cells (2**21
+entries, 16 MiB), never dense; per-cell arrays are ``(n, n_programs)`` float64. Measured: 100,000 spatial cells
 x 2,000 genes (panel 200) plus a 2,000-cell reference take about 11 s and 0.8 GB peak RSS on 2 shared cores,
 most of it the negative-binomial sampler (2e8 entries).
 """
@@ -50,7 +51,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
@@ -63,7 +64,8 @@ from .counts import nb_counts
 from .layouts import LAYOUTS, Geometry
 from .purposes import PAIRED_CELLS, PAIRED_MODEL, PAIRED_REFERENCE, PAIRED_SPATIAL
 
-__all__ = ["GeneEmbedding", "PairedSynthetic", "PairedTruth", "paired_synthetic", "write_paired"]
+__all__ = ["CellLatents", "GeneEmbedding", "PairedModel", "PairedSynthetic", "PairedTruth", "paired_model",
+           "paired_reference", "paired_synthetic", "spatial_obs", "spatial_panel_chunks", "write_paired"]
 
 #: expected zero fraction of the spatial truth (all genes) and of the reference
 SPATIAL_ZERO_FRACTION = 0.85
@@ -264,31 +266,46 @@ def _calibrate(log_rel: np.ndarray, library: np.ndarray, theta: np.ndarray, zero
     return math.exp(brentq(excess, -40.0, 40.0, xtol=1e-8))
 
 
-def _counts(seed: int, purpose: int, activity: np.ndarray, loadings: np.ndarray, log_gene: np.ndarray,
-            size: np.ndarray, theta: np.ndarray) -> sp.csr_matrix:
-    """(n, G) CSR int32 negative-binomial counts, block by block of cells (means never dense beyond a block).
+def _block_rows(n_genes: int) -> int:
+    """Cells per count block: about 2**21 entries (the block is also the unit of the counter-based key)."""
+    return int(max(64, 2 ** 21 // n_genes))
 
-    Block ``b`` draws from the counter-based key ``(seed, purpose, b)``; blocks hold about 2**21 entries.
+
+def _count_blocks(seed: int, purpose: int, activity: np.ndarray, loadings: np.ndarray, log_gene: np.ndarray,
+                  size: np.ndarray, theta: np.ndarray) -> Iterator[sp.csr_matrix]:
+    """(m, G) CSR uint32 negative-binomial counts of consecutive blocks of :func:`_block_rows` cells.
+
+    Block ``b`` draws from the counter-based key ``(seed, purpose, b)``, so a block's counts do not depend on
+    how many blocks are drawn or kept; only one block of means (about 16 MiB) exists at a time.
     """
     n, n_genes = activity.shape[0], loadings.shape[0]
-    rows = int(max(64, 2 ** 21 // n_genes))
-    parts = []
+    rows = _block_rows(n_genes)
     for b, start in enumerate(range(0, n, rows)):
         stop = min(n, start + rows)
         mu = _log_means(activity[start:stop], loadings, log_gene)
         np.exp(mu, out=mu)
         m = stop - start
-        parts.append(nb_counts(sequence_key(seed, purpose, b), size[start:stop], np.arange(m, dtype=np.int64), mu,
-                               theta, np.full(m, -1, dtype=np.int64), 1.0, 0.0))
+        yield nb_counts(sequence_key(seed, purpose, b), size[start:stop], np.arange(m, dtype=np.int64), mu, theta,
+                        np.full(m, -1, dtype=np.int64), 1.0, 0.0)
         del mu
-    # one concatenation per array, casting the counts (< 2**31) to int32 on the way
+
+
+def _concat_rows(parts: list[sp.csr_matrix], n_genes: int) -> sp.csr_matrix:
+    """Row-wise concatenation of CSR blocks as CSR int32 (counts < 2**31) with int32 indices, int64 indptr."""
     data = np.concatenate([p.data for p in parts], dtype=np.int32, casting="unsafe")
     indices = np.concatenate([p.indices for p in parts], dtype=np.int32)
     offsets = np.cumsum([0] + [p.nnz for p in parts[:-1]])
     indptr = np.concatenate([[0]] + [p.indptr[1:] + o for p, o in zip(parts, offsets)]).astype(np.int64)
-    out = sp.csr_matrix((data, indices, indptr), shape=(n, n_genes))
+    out = sp.csr_matrix((data, indices, indptr), shape=(int(indptr.size - 1), n_genes))
     out.has_sorted_indices = True
     return out
+
+
+def _counts(seed: int, purpose: int, activity: np.ndarray, loadings: np.ndarray, log_gene: np.ndarray,
+            size: np.ndarray, theta: np.ndarray) -> sp.csr_matrix:
+    """(n, G) CSR int32 negative-binomial counts, block by block of cells (:func:`_count_blocks`)."""
+    parts = list(_count_blocks(seed, purpose, activity, loadings, log_gene, size, theta))
+    return _concat_rows(parts, loadings.shape[0])
 
 
 def _spread(n: int, k: int) -> np.ndarray:
@@ -308,6 +325,166 @@ def _state_obs(names: np.ndarray, state: np.ndarray, n_states: int) -> pd.DataFr
     categories = [f"state_{s}" for s in range(n_states)]
     return pd.DataFrame({"state": pd.Categorical.from_codes(state, categories=categories)},
                         index=pd.Index(names, name="cell"))
+
+
+@dataclass(frozen=True)
+class CellLatents:
+    """One modality's cells: ``state`` (n,) int64 codes, ``activity`` (n, P) float64 program activities, ``size``
+    (n,) float64 library size times the modality's calibrated scale (the NB mean's per-cell factor)."""
+
+    state: np.ndarray
+    activity: np.ndarray
+    size: np.ndarray
+
+
+@dataclass(frozen=True)
+class PairedModel:
+    """Everything :func:`paired_synthetic` draws before the counts (what :func:`paired_model` returns).
+
+    Attributes
+    ----------
+    params
+        The arguments. ``genes``: (G,) str names; ``panel_idx``: (n_panel,) int64 sorted measured columns;
+        ``vectors``: (G, embedding_dim) float32 gene embedding.
+    truth
+        :class:`PairedTruth`.
+    coords, domain
+        (n_spatial, 2) float64 coordinates (layout units) and (n_spatial,) int64 domain of the spatial cells.
+    spatial, reference
+        :class:`CellLatents` of the spatial and of the reference cells.
+    """
+
+    params: dict[str, Any]
+    genes: np.ndarray
+    panel_idx: np.ndarray
+    vectors: np.ndarray
+    truth: PairedTruth
+    coords: np.ndarray
+    domain: np.ndarray
+    spatial: CellLatents
+    reference: CellLatents
+
+
+def paired_model(n_spatial: int = 5000, n_reference: int = 2000, n_genes: int = 2000, n_panel: int = 200, *,
+                 n_states: int = 8, n_programs: int = 20, platform_effect: float = 0.5, layout: str = "cells",
+                 embedding_dim: int = 64, embedding_noise: float = 0.5, seed: int = 0) -> PairedModel:
+    """The latent model and every cell's latent values of :func:`paired_synthetic` (same arguments), no counts.
+
+    Draw the counts from it with :func:`spatial_panel_chunks` (the spatial panel, streamed) and
+    :func:`paired_reference`; they equal :func:`paired_synthetic`'s ``spatial`` and ``reference`` for the same
+    arguments. The gene-level model, the panel and the reference cells do not depend on ``n_spatial``.
+
+    Memory: per-cell arrays only, about ``8 * (n_programs + 6)`` bytes per spatial cell (1.35M cells and 20
+    programs: 280 MB), plus the reference's; no count matrix.
+    """
+    _check_args(n_spatial, n_reference, n_genes, n_panel, n_states, n_programs, platform_effect, layout,
+                embedding_dim, embedding_noise, seed)
+    params = dict(n_spatial=int(n_spatial), n_reference=int(n_reference), n_genes=int(n_genes),
+                  n_panel=int(n_panel), n_states=int(n_states), n_programs=int(n_programs),
+                  platform_effect=float(platform_effect), layout=layout, embedding_dim=int(embedding_dim),
+                  embedding_noise=float(embedding_noise), seed=int(seed))
+    rng = sequence_stream(seed, PAIRED_MODEL)
+    # --- the latent model: genes, programs, states, platform, panel, embedding (this order is part of the data)
+    width = max(4, len(str(n_genes - 1)))
+    genes = np.array([f"gene_{j:0{width}d}" for j in range(n_genes)], dtype=object)
+    loadings, program = _draw_loadings(rng, n_genes, n_programs)
+    base = rng.normal(0.0, BASE_SD, n_genes)
+    state_activity = _draw_activity(rng, n_states, n_programs)
+    dispersion = np.exp(rng.normal(0.0, 0.5, n_genes))
+    theta_s, theta_r = SPATIAL_THETA * dispersion, REFERENCE_THETA * dispersion
+    platform = rng.normal(0.0, platform_effect, n_genes)
+    prop_ref = rng.dirichlet(np.ones(n_states))
+    prop_ref = np.maximum(prop_ref, 0.2 / n_states)  # every state is sampled by the reference
+    prop_ref /= prop_ref.sum()
+    panel_idx = np.sort(rng.choice(n_genes, size=n_panel, replace=False))
+    vectors = _draw_embedding(rng, loadings, embedding_dim, embedding_noise)
+    geometry = Geometry.build(layout, n_spatial, STEREO_BIN)
+
+    # --- cells: spatial (states from domains) and reference (states from prop_ref)
+    rng_s = sequence_stream(seed, PAIRED_CELLS, 0)
+    x, y = geometry.xy(0, n_spatial, seed, max(1, n_spatial))
+    domain, state_s = _spatial_states(rng_s, geometry, x, y, n_states)
+    act_s = state_activity[state_s] + rng_s.normal(0.0, CELL_SD, (n_spatial, n_programs))
+    lib_s = np.exp(rng_s.normal(-SPATIAL_LIBRARY_SD ** 2 / 2, SPATIAL_LIBRARY_SD, n_spatial))
+    rng_r = sequence_stream(seed, PAIRED_CELLS, 1)
+    state_r = rng_r.choice(n_states, size=n_reference, p=prop_ref).astype(np.int64)
+    act_r = state_activity[state_r] + rng_r.normal(0.0, CELL_SD, (n_reference, n_programs))
+    lib_r = np.exp(rng_r.normal(-REFERENCE_LIBRARY_SD ** 2 / 2, REFERENCE_LIBRARY_SD, n_reference))
+
+    # --- capture efficiency: each modality's scale gives its target zero fraction
+    cs, cr, cg = _spread(n_spatial, 1000), _spread(n_reference, 1000), _spread(n_genes, 500)
+    scale_s = _calibrate(_log_means(act_s[cs], loadings[cg], base[cg]), lib_s[cs], theta_s[cg],
+                         SPATIAL_ZERO_FRACTION)
+    scale_r = _calibrate(_log_means(act_r[cr], loadings[cg], (base + platform)[cg]), lib_r[cr], theta_r[cg],
+                         REFERENCE_ZERO_FRACTION)
+    truth = PairedTruth(loadings=loadings, program=program, state_activity=state_activity, base=base,
+                        platform=platform, theta_spatial=theta_s, theta_reference=theta_r,
+                        scale_spatial=scale_s, scale_reference=scale_r,
+                        proportions_spatial=np.bincount(state_s, minlength=n_states) / n_spatial,
+                        proportions_reference=prop_ref)
+    return PairedModel(params=params, genes=genes.astype(str), panel_idx=panel_idx.astype(np.int64), vectors=vectors,
+                       truth=truth, coords=np.column_stack([x, y]).astype(np.float64), domain=domain,
+                       spatial=CellLatents(state_s, act_s, lib_s * scale_s),
+                       reference=CellLatents(state_r, act_r, lib_r * scale_r))
+
+
+def _var(model: PairedModel) -> pd.DataFrame:
+    """Every gene's ``program`` and ``in_panel``, indexed by gene name."""
+    n_genes = model.genes.size
+    return pd.DataFrame({"program": model.truth.program, "in_panel": np.isin(np.arange(n_genes), model.panel_idx)},
+                        index=pd.Index(model.genes, name="gene"))
+
+
+def spatial_obs(model: PairedModel) -> pd.DataFrame:
+    """The spatial cells' ``obs``: index ``spatial_0`` ..., categoricals ``state`` and ``domain``
+    (``state_0`` ...); as :func:`paired_synthetic`'s ``spatial.obs``."""
+    n_states = model.params["n_states"]
+    names = np.array([f"spatial_{i}" for i in range(model.coords.shape[0])], dtype=object)
+    obs = _state_obs(names, model.spatial.state, n_states)
+    obs["domain"] = pd.Categorical.from_codes(model.domain, categories=[f"state_{s}" for s in range(n_states)])
+    return obs
+
+
+def spatial_panel_chunks(model: PairedModel, chunk_size: int = 100_000) -> Iterator[tuple[int, sp.csr_matrix]]:
+    """The spatial panel counts, a chunk of cells at a time: ``(first_row, (m, n_panel) CSR int32)``.
+
+    The chunks, stacked, equal :func:`paired_synthetic`'s ``spatial.X`` for the same arguments: each count
+    block is drawn over every gene (a cell with no count anywhere gets one in its most expected gene, which may
+    be a panel gene) and cut to the panel. So the cost is that of the truth, ``n_spatial * n_genes`` draws
+    (1.35M cells x 2,377 genes: a few minutes on 2 cores), but memory holds one chunk of panel counts.
+
+    Parameters
+    ----------
+    model
+        :func:`paired_model`'s result.
+    chunk_size
+        Cells per chunk, at least (whole count blocks of about ``2**21 / n_genes`` cells are kept together);
+        the last chunk may be smaller.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"spatial_panel_chunks: chunk_size must be >= 1, got {chunk_size}")
+    t, cells, n_panel = model.truth, model.spatial, model.panel_idx.size
+    start, parts, m = 0, [], 0
+    for block in _count_blocks(model.params["seed"], PAIRED_SPATIAL, cells.activity, t.loadings, t.base, cells.size,
+                               t.theta_spatial):
+        parts.append(block[:, model.panel_idx].tocsr())
+        m += block.shape[0]
+        if m >= chunk_size:
+            yield start, _concat_rows(parts, n_panel)
+            start, parts, m = start + m, [], 0
+    if parts:
+        yield start, _concat_rows(parts, n_panel)
+
+
+def paired_reference(model: PairedModel):
+    """The reference AnnData of :func:`paired_synthetic` (n_reference x n_genes raw counts, CSR int32;
+    ``obs['state']``, ``var['program']``)."""
+    t, cells = model.truth, model.reference
+    ref_x = _counts(model.params["seed"], PAIRED_REFERENCE, cells.activity, t.loadings, t.base + t.platform,
+                    cells.size, t.theta_reference)
+    names = np.array([f"reference_{i}" for i in range(cells.state.size)], dtype=object)
+    obs = _state_obs(names, cells.state, model.params["n_states"])
+    return _anndata(ref_x, obs, _var(model).drop(columns="in_panel"), model.params)
 
 
 def paired_synthetic(n_spatial: int = 5000, n_reference: int = 2000, n_genes: int = 2000, n_panel: int = 200, *,
@@ -351,68 +528,21 @@ def paired_synthetic(n_spatial: int = 5000, n_reference: int = 2000, n_genes: in
     panel): 100,000 x 2,000 take about 11 s on 2 shared cores and 0.8 GB, the truth's 3e7 int32 entries
     included; memory beyond the outputs is bounded by one block of 2**21 means.
     """
-    _check_args(n_spatial, n_reference, n_genes, n_panel, n_states, n_programs, platform_effect, layout,
-                embedding_dim, embedding_noise, seed)
-    params = dict(n_spatial=int(n_spatial), n_reference=int(n_reference), n_genes=int(n_genes),
-                  n_panel=int(n_panel), n_states=int(n_states), n_programs=int(n_programs),
-                  platform_effect=float(platform_effect), layout=layout, embedding_dim=int(embedding_dim),
-                  embedding_noise=float(embedding_noise), seed=int(seed))
-    rng = sequence_stream(seed, PAIRED_MODEL)
-    # --- the latent model: genes, programs, states, platform, panel, embedding (this order is part of the data)
-    width = max(4, len(str(n_genes - 1)))
-    genes = np.array([f"gene_{j:0{width}d}" for j in range(n_genes)], dtype=object)
-    loadings, program = _draw_loadings(rng, n_genes, n_programs)
-    base = rng.normal(0.0, BASE_SD, n_genes)
-    state_activity = _draw_activity(rng, n_states, n_programs)
-    dispersion = np.exp(rng.normal(0.0, 0.5, n_genes))
-    theta_s, theta_r = SPATIAL_THETA * dispersion, REFERENCE_THETA * dispersion
-    platform = rng.normal(0.0, platform_effect, n_genes)
-    prop_ref = rng.dirichlet(np.ones(n_states))
-    prop_ref = np.maximum(prop_ref, 0.2 / n_states)  # every state is sampled by the reference
-    prop_ref /= prop_ref.sum()
-    panel_idx = np.sort(rng.choice(n_genes, size=n_panel, replace=False))
-    vectors = _draw_embedding(rng, loadings, embedding_dim, embedding_noise)
-    geometry = Geometry.build(layout, n_spatial, STEREO_BIN)
-
-    # --- cells: spatial (states from domains) and reference (states from prop_ref)
-    rng_s = sequence_stream(seed, PAIRED_CELLS, 0)
-    x, y = geometry.xy(0, n_spatial, seed, max(1, n_spatial))
-    domain, state_s = _spatial_states(rng_s, geometry, x, y, n_states)
-    act_s = state_activity[state_s] + rng_s.normal(0.0, CELL_SD, (n_spatial, n_programs))
-    lib_s = np.exp(rng_s.normal(-SPATIAL_LIBRARY_SD ** 2 / 2, SPATIAL_LIBRARY_SD, n_spatial))
-    rng_r = sequence_stream(seed, PAIRED_CELLS, 1)
-    state_r = rng_r.choice(n_states, size=n_reference, p=prop_ref).astype(np.int64)
-    act_r = state_activity[state_r] + rng_r.normal(0.0, CELL_SD, (n_reference, n_programs))
-    lib_r = np.exp(rng_r.normal(-REFERENCE_LIBRARY_SD ** 2 / 2, REFERENCE_LIBRARY_SD, n_reference))
-
-    # --- capture efficiency: each modality's scale gives its target zero fraction
-    cs, cr, cg = _spread(n_spatial, 1000), _spread(n_reference, 1000), _spread(n_genes, 500)
-    scale_s = _calibrate(_log_means(act_s[cs], loadings[cg], base[cg]), lib_s[cs], theta_s[cg],
-                         SPATIAL_ZERO_FRACTION)
-    scale_r = _calibrate(_log_means(act_r[cr], loadings[cg], (base + platform)[cg]), lib_r[cr], theta_r[cg],
-                         REFERENCE_ZERO_FRACTION)
-    truth_x = _counts(seed, PAIRED_SPATIAL, act_s, loadings, base, lib_s * scale_s, theta_s)
-    ref_x = _counts(seed, PAIRED_REFERENCE, act_r, loadings, base + platform, lib_r * scale_r, theta_r)
-
-    truth = PairedTruth(loadings=loadings, program=program, state_activity=state_activity, base=base,
-                        platform=platform, theta_spatial=theta_s, theta_reference=theta_r,
-                        scale_spatial=scale_s, scale_reference=scale_r,
-                        proportions_spatial=np.bincount(state_s, minlength=n_states) / n_spatial,
-                        proportions_reference=prop_ref)
-    var = pd.DataFrame({"program": program, "in_panel": np.isin(np.arange(n_genes), panel_idx)},
-                       index=pd.Index(genes.astype(str), name="gene"))
-    obs_s = _state_obs(np.array([f"spatial_{i}" for i in range(n_spatial)], dtype=object), state_s, n_states)
-    obs_s["domain"] = pd.Categorical.from_codes(domain, categories=[f"state_{s}" for s in range(n_states)])
-    coords = np.column_stack([x, y]).astype(np.float64)
+    model = paired_model(n_spatial, n_reference, n_genes, n_panel, n_states=n_states, n_programs=n_programs,
+                         platform_effect=platform_effect, layout=layout, embedding_dim=embedding_dim,
+                         embedding_noise=embedding_noise, seed=seed)
+    t, params, panel_idx = model.truth, model.params, model.panel_idx
+    truth_x = _counts(seed, PAIRED_SPATIAL, model.spatial.activity, t.loadings, t.base, model.spatial.size,
+                      t.theta_spatial)
+    var = _var(model)
+    obs_s = spatial_obs(model)
     spatial_truth = _anndata(truth_x, obs_s, var, params)
-    spatial_truth.obsm["spatial"] = coords
+    spatial_truth.obsm["spatial"] = model.coords
     spatial = _anndata(truth_x[:, panel_idx], obs_s.copy(), var.iloc[panel_idx].copy(), params)
-    spatial.obsm["spatial"] = coords.copy()
-    obs_r = _state_obs(np.array([f"reference_{i}" for i in range(n_reference)], dtype=object), state_r, n_states)
-    reference = _anndata(ref_x, obs_r, var.drop(columns="in_panel"), params)
-    return PairedSynthetic(spatial=spatial, spatial_truth=spatial_truth, reference=reference,
-                           gene_embedding=GeneEmbedding(genes=genes.astype(str), vectors=vectors),
-                           panel=genes[panel_idx].astype(str), truth=truth, params=params)
+    spatial.obsm["spatial"] = model.coords.copy()
+    return PairedSynthetic(spatial=spatial, spatial_truth=spatial_truth, reference=paired_reference(model),
+                           gene_embedding=GeneEmbedding(genes=model.genes, vectors=model.vectors),
+                           panel=model.genes[panel_idx], truth=t, params=params)
 
 
 def _replace_file(path: Path, write) -> None:
