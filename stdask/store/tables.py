@@ -136,6 +136,18 @@ def _check_names(main: StoreReader, obs_names: pd.Index) -> None:
                          "rows must be the main table's, in its row (tile) order")
 
 
+def check_table_name(name: str) -> None:
+    """Refuse the main table's name and names that are not valid element names (``ValueError``); callers that
+    compute a table for long check the name before they start."""
+    if name == TABLE:
+        raise ValueError(f"{name!r} is the main table's name; write a further table under another name")
+    try:
+        check_element_name(name)
+    except ValueError:
+        raise ValueError(f"invalid table name {name!r}: a name is non-empty, without '/', '\\' or a leading '.'") \
+            from None
+
+
 def write_table(path: str | Path, name: str, *, obs_names: pd.Index, var: pd.DataFrame,
                 blocks: Iterable[np.ndarray], n_rows_per_block: Sequence[int] | None = None,
                 uns: dict | None = None, obs: pd.DataFrame | None = None, lock_timeout: float | None = None) -> None:
@@ -174,13 +186,7 @@ def write_table(path: str | Path, name: str, *, obs_names: pd.Index, var: pd.Dat
         (both counts named), blocks of the wrong width, or ``uns['stdask']``. A failure while the blocks stream
         (theirs or these checks) leaves the store as it was.
     """
-    if name == TABLE:
-        raise ValueError(f"{name!r} is the main table's name; write a further table under another name")
-    try:
-        check_element_name(name)
-    except ValueError:
-        raise ValueError(f"invalid table name {name!r}: a name is non-empty, without '/', '\\' or a leading '.'") \
-            from None
+    check_table_name(name)
     main = StoreReader(path)
     _check_names(main, pd.Index(obs_names))
     var = var.copy()
@@ -307,5 +313,5 @@ def open_table(path: str | Path, table: str = TABLE) -> StoreReader:
     return StoreReader(path) if table == TABLE else TableReader(path, table)
 
 
-__all__ = ["DenseTable", "TableReader", "open_table", "table_names", "table_shapes", "write_dense_table",
+__all__ = ["check_table_name", "DenseTable", "TableReader", "open_table", "table_names", "table_shapes", "write_dense_table",
            "write_table"]
