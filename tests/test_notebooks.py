@@ -7,7 +7,8 @@ from nbclient import NotebookClient
 
 NOTEBOOK_DIR = Path(__file__).parent.parent / "notebooks"
 #: every notebook we ship; a renamed or deleted one fails here instead of silently dropping out of the run
-EXPECTED = ("01_quickstart.ipynb", "02_stereo_seq_out_of_core.ipynb", "03_spaseg.ipynb", "04_stague.ipynb")
+EXPECTED = ("01_quickstart.ipynb", "02_stereo_seq_out_of_core.ipynb", "03_spaseg.ipynb", "04_stague.ipynb",
+            "05_impute.ipynb")
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 
 

@@ -1,5 +1,5 @@
 """The ``stdask`` command line: ingest, info, verify, preprocess, cci (run, interactions), report, segment, stague,
-demo.
+impute, demo.
 
 One module per sub-command, each with ``add_parser`` and ``run``; the sub-commands that compute share the
 ``--scheduler`` / ``--progress`` options of :func:`stdask.cli.common.runtime_options`.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import cci, demo, info, ingest, preprocess, report, segment, stague, verify
+from . import cci, demo, impute, info, ingest, preprocess, report, segment, stague, verify
 from .common import runtime, runtime_options
 
 __all__ = ["main", "build_parser"]
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_parser(sub)
     segment.add_parser(sub, computes)
     stague.add_parser(sub, computes)
+    impute.add_parser(sub, computes)
     demo.add_parser(sub)
     return p
 

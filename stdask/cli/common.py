@@ -38,3 +38,15 @@ def runtime(args: argparse.Namespace) -> Iterator[None]:
     progress = getattr(args, "progress", None)
     with settings.override(progress=progress) if progress is not None else contextlib.nullcontext():
         yield
+
+
+def at_least(lo: int):
+    """An argparse type: an integer >= ``lo`` (argparse turns the ValueError into a usage error, exit 2)."""
+    def parse(text: str) -> int:
+        v = int(text)
+        if v < lo:
+            raise ValueError(text)
+        return v
+
+    parse.__name__ = f"integer >= {lo}"  # argparse names the type in its message
+    return parse

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 
 from ..models.stague.config import PREDICT_MODES, STAGUEConfig
+from .common import at_least as _at_least
 from .common import seed_option
 
 #: STAGUE settings offered as options: (flag, STAGUEConfig field, type, what it is); the default shown is
@@ -26,18 +27,6 @@ _SETTINGS = (
     ("--sim-batch-size", "sim_batch_size", int, "NT-Xent over chunks of this many cells (0: all at once)"),
 )
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(STAGUEConfig)}
-
-
-def _at_least(lo: int):
-    """An argparse type: an integer >= ``lo`` (argparse turns the ValueError into a usage error, exit 2)."""
-    def parse(text: str) -> int:
-        v = int(text)
-        if v < lo:
-            raise ValueError(text)
-        return v
-
-    parse.__name__ = f"integer >= {lo}"  # argparse names the type in its message
-    return parse
 
 
 def add_parser(sub, parents: list[argparse.ArgumentParser]) -> argparse.ArgumentParser:
