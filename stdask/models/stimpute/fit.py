@@ -29,11 +29,19 @@ from .config import StImputeConfig, _torch
 from .neighbours import CodeIndex, gather
 from .twopass import target_stats, tile_slices, tiled_loss_backward
 
-__all__ = ["ACTIVATION_BYTES", "StImputeFit", "fit", "tile_cells_for"]
+__all__ = ["ACTIVATION_BYTES", "StImputeFit", "fit", "node_macs", "tile_cells_for", "trans_predict"]
 
 #: bytes of activations one tile of cells may hold during a Trans pass (forward and backward); a training
 #: sample within it runs as one tile, with the plain loss (one forward pass per step, not two)
 ACTIVATION_BYTES = 1 << 30
+
+
+def node_macs(config: StImputeConfig) -> int:
+    """Multiply-adds of one forward pass of the Trans network per (cell, gene) node: the GS blocks'
+    ``2K x K`` products and the MLP ``K -> 2h -> h -> 1`` (the gene graph's aggregation, about ``topk x K``,
+    is small beside them)."""
+    k, h = config.k, config.hidden
+    return config.gnn_layers * 2 * k * k + k * 2 * h + 2 * h * h + h
 
 
 def tile_cells_for(n_genes: int, config: StImputeConfig, budget: int = ACTIVATION_BYTES) -> int:
