@@ -10,6 +10,25 @@ neighbour-feature gather (``neighbours``, §3); the GraphSAGE-style blocks and t
 (``fit``, §7); prediction of any tile of cells and the final blend (``predict``, §8); the reliability model
 (``reliability``, §9). torch is imported only when a model is built or trained. The datasets-level pipeline is
 :func:`stdask.tl.impute` / :func:`stdask.tl.impute_cv`.
+
+The reference's quirks and what stdask does:
+
+* I1 gene graph: the code's dense cosine *distance* with a negative self term -> top-k cosine *similarity*,
+  row-normalised (the paper; ``weighting="distance_code"`` reproduces the code).
+* I2 gene vectors: a user file gene -> vector (no ESM-2 weights can be downloaded), expression cosine as the
+  fallback, per-gene hybrid for partial coverage (the code has no hybrid).
+* I3 size rule (N < 10,000 and G_train < 500): the code's values (K 50/20, E steps 10/50, h 256/32, alpha
+  0.7/0.5), recorded; N is the slice's cells, while training runs on a sample of them (``tl.impute``).
+* I4 final blend: the paper's plain neighbour mean by default; ``blend="code"`` (per-gene maxima) and
+  ``"global"``.
+* I5 reliability: a fixed-width input (64 quantiles of the predicted profile, its mean, maximum and spread) by
+  default, which applies to profiles over any cells; ``features="profile"`` keeps the code's N-wide input.
+* I6 CUDA hard-coded -> CPU default, CUDA when torch sees it.
+* I7 P_gnn and P_knn from different AE states: kept.
+* I8 kNN weights undefined for n' = 1: weight 1; n' = 0 gives zeros; both counted.
+* I9 loss ``2 (cell + gene cosine terms) + MSE``: the code's form.
+* I10 medians (code) and means (paper): both reported by ``tl.impute_cv``.
+* The AE skips a batch without spatial rows (the code's loss would be NaN there).
 """
 from stdask.io.gene_embedding import EmbeddingMatch, GeneEmbedding, read_gene_embedding
 
