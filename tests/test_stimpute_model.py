@@ -211,6 +211,15 @@ def test_pynndescent_neighbours_recover_exact_ones(monkeypatch):
     assert np.all(np.diff(dist, axis=1) >= 0)
     auto = cosine_neighbours(q, r, 10, exact_max_pairs=300 * 600 - 1, seed=0)
     assert auto[2] == "pynndescent" and np.array_equal(auto[0], idx)
+    # one index queried tile by tile (as tl.impute predicts) gives what one query of all cells gives
+    from stdask.models.stimpute.neighbours import CodeIndex
+
+    index = CodeIndex(r, 10, 300, method="pynndescent", seed=0)
+    whole = index.query(q)
+    pieces = [index.query(q[s:s + 70]) for s in range(0, 300, 70)]
+    np.testing.assert_array_equal(np.concatenate([p[0] for p in pieces]), whole[0])
+    np.testing.assert_array_equal(np.concatenate([p[1] for p in pieces]), whole[1])
+    np.testing.assert_array_equal(whole[0], idx)
 
 
 def test_gather_equals_loops():
