@@ -17,3 +17,4 @@ PAIRED_MODEL = 6  #: paired spatial + reference data (:mod:`.paired`): programs,
 PAIRED_CELLS = 7  #: paired data: per-cell states, activities, library sizes (block 0 spatial, 1 reference)
 PAIRED_SPATIAL = 8  #: paired data: counter-based uniforms of the spatial counts, per block of cells
 PAIRED_REFERENCE = 9  #: paired data: counter-based uniforms of the reference counts, per block of cells
+XENIUM = 10  #: synthetic Xenium outs/ (:mod:`.xenium`): cell ids, transcript positions and qv, controls, per chunk

@@ -10,6 +10,7 @@ from stdask.io.gem import GemSource
 from stdask.io.gef import CellbinGefSource, GefSource
 from stdask.io.mtx import MtxSource
 from stdask.io.visium import VisiumSource
+from stdask.io.xenium import XeniumSource  # noqa: F401  (registers 'xenium')
 from stdask.io.h5ad import H5adSource
 
 __all__ = ["GemSource", "GefSource", "CellbinGefSource", "MtxSource", "VisiumSource", "H5adSource"]

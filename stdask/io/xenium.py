@@ -1,0 +1,195 @@
+"""10x Xenium Onboard Analysis ``outs/`` reader: cells x genes from the cell-feature matrix, cell table, metadata.
+
+Layout read (10x's "Understanding Xenium Outputs", XOA 1.x-3.x)::
+
+    outs/
+      experiment.xenium          JSON: pixel_size (um per image pixel), analysis_sw_version, run metadata
+      cell_feature_matrix.h5     10x feature-barcode HDF5 (CSC by barcode): genes and control features
+      cells.parquet              (or cells.csv.gz) cell_id, x_centroid, y_centroid (um), per-cell counts, areas
+
+Observations are the cells, in ``cells.parquet`` order, which must be the matrix's barcode order (XOA writes
+both in one order). Coordinates are the cell centroids in micrometres. ``X`` holds the ``Gene Expression``
+features only; the control features (negative control probes and codewords, unassigned / deprecated codewords,
+genomic controls) stay out of ``X`` and their per-cell counts are kept as the obs columns XOA writes for them
+(``control_probe_counts``, ``control_codeword_counts``, ``unassigned_codeword_counts``...). transcripts.parquet
+and the boundary tables are not read here.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+
+from stdask.io.base import EntryChunk, InputError, TableSource, register_source
+from stdask.io.visium import TenxH5Matrix
+
+__all__ = ["XeniumSource", "CELL_FILES", "EXPERIMENT_FILE", "MATRIX_FILE", "REQUIRED_CELL_COLUMNS"]
+
+EXPERIMENT_FILE = "experiment.xenium"
+MATRIX_FILE = "cell_feature_matrix.h5"
+#: the per-cell table, in the order tried
+CELL_FILES = ("cells.parquet", "cells.csv.gz")
+REQUIRED_CELL_COLUMNS = ("cell_id", "x_centroid", "y_centroid")
+#: experiment.xenium keys copied to ``uns['xenium']`` (scalars only, so AnnData can write them)
+_EXPERIMENT_KEYS = ("pixel_size", "analysis_sw_version", "instrument_sw_version", "run_name", "region_name",
+                    "panel_name", "panel_organism", "panel_design_id", "preservation_method", "z_step_size",
+                    "num_cells", "major_version", "minor_version")
+
+
+def _outs_folder(path: Path) -> Path:
+    """``path`` itself, or ``path/outs`` when given the run folder holding it."""
+    if not (path / EXPERIMENT_FILE).is_file() and (path / "outs" / EXPERIMENT_FILE).is_file():
+        return path / "outs"
+    return path
+
+
+def _read_cells(outs: Path) -> tuple[Path, pd.DataFrame]:
+    """The per-cell table; its cell_id as str. Checks the required columns before reading the rows."""
+    path = next((outs / n for n in CELL_FILES if (outs / n).is_file()), None)
+    if path is None:
+        raise InputError(f"{outs}: no {CELL_FILES[0]} (nor {CELL_FILES[1]}): the per-cell table (cell_id, "
+                         f"x_centroid, y_centroid in um) that Xenium Onboard Analysis writes next to "
+                         f"{MATRIX_FILE}; copy it from the instrument's outs/ folder")
+    try:
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            columns = list(pq.ParquetFile(path).schema_arrow.names)
+            _check_columns(path, columns)
+            table = pq.read_table(path).to_pandas()
+        else:
+            columns = list(pd.read_csv(path, nrows=0).columns)
+            _check_columns(path, columns)
+            table = pd.read_csv(path, dtype={"cell_id": str})
+    except InputError:
+        raise
+    except Exception as exc:  # pyarrow / pandas raise many types for a corrupt file
+        raise InputError(f"{path}: not a readable {'Parquet' if path.suffix == '.parquet' else 'CSV'} file "
+                         f"({type(exc).__name__}: {exc})") from None
+    # XOA 1.x wrote integer cell ids; later versions 'aaabbbcc-1' strings. Either way the matrix has them as text.
+    table["cell_id"] = table["cell_id"].map(lambda v: v.decode() if isinstance(v, bytes) else str(v))
+    return path, table
+
+
+def _check_columns(path: Path, columns: list[str]) -> None:
+    missing = [c for c in REQUIRED_CELL_COLUMNS if c not in columns]
+    if missing:
+        raise InputError(f"{path}: no column(s) {', '.join(missing)}; columns found: {', '.join(columns)}")
+
+
+@register_source
+class XeniumSource(TableSource):
+    """10x Xenium: an XOA ``outs/`` folder (or the folder holding ``outs/``): cells x genes, centroids in um.
+
+    Parameters
+    ----------
+    path
+        The ``outs`` folder (``experiment.xenium``, ``cell_feature_matrix.h5``, ``cells.parquet``).
+
+    Notes
+    -----
+    * ``obs``: index = cell_id (str), columns = every column of ``cells.parquet`` except cell_id and the
+      centroids, among them the control counts ``control_probe_counts``, ``control_codeword_counts``,
+      ``unassigned_codeword_counts`` (and ``deprecated_codeword_counts`` / ``genomic_control_counts`` where XOA
+      writes them), ``transcript_counts``, ``total_counts``, ``cell_area``, ``nucleus_area`` (um^2).
+    * ``X``: uint32 counts of the ``Gene Expression`` features (transcripts with qv >= 20 assigned to the cell);
+      streamed from the HDF5 by barcode ranges, never the whole matrix at once.
+    * ``var``: the gene features (index = unique names; ``gene_ids``, ``feature_types``, ``genome``).
+    * :attr:`spot_diameter`: the diameter of a disc of the median ``cell_area`` (um), when the table has it.
+    * ``uns['xenium']``: scalar run metadata of ``experiment.xenium`` (``pixel_size``, ``analysis_sw_version``...).
+    """
+
+    format_name = "xenium"
+    kind = "obs"
+
+    @classmethod
+    def detect(cls, path: Path) -> bool:
+        return path.is_dir() and all((_outs_folder(path) / n).is_file() for n in (EXPERIMENT_FILE, MATRIX_FILE))
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(path)
+        outs = _outs_folder(self.path)
+        for name in (EXPERIMENT_FILE, MATRIX_FILE):
+            if not (outs / name).is_file():
+                raise InputError(f"{outs}: no {name}; a Xenium outs/ folder holds {EXPERIMENT_FILE}, {MATRIX_FILE} "
+                                 f"and {CELL_FILES[0]}")
+        self._outs = outs
+        self._experiment = self._read_experiment(outs / EXPERIMENT_FILE)
+        # the cell table is checked first: a missing file or column is the commoner mistake and cheaper to find
+        cells_path, cells = _read_cells(outs)
+        self._matrix = TenxH5Matrix(outs / MATRIX_FILE, gex_only=True)
+        self._check_barcodes(cells_path, cells["cell_id"])
+        coords = np.column_stack([pd.to_numeric(cells[c], errors="coerce").to_numpy(np.float64)
+                                  for c in ("x_centroid", "y_centroid")])
+        bad = ~np.isfinite(coords).all(1)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise InputError(f"{cells_path}: cell {cells['cell_id'].iloc[i]!r} (row {i}): x_centroid, y_centroid = "
+                             f"{cells['x_centroid'].iloc[i]!r}, {cells['y_centroid'].iloc[i]!r}; expected numbers (um)")
+        self._coords = coords
+        obs = cells.drop(columns=list(REQUIRED_CELL_COLUMNS))
+        obs.index = pd.Index(cells["cell_id"].to_numpy(dtype=object), dtype=object)
+        self._obs = obs
+        self._spot_diameter = None
+        if "cell_area" in obs and len(obs):
+            area = float(np.nanmedian(pd.to_numeric(obs["cell_area"], errors="coerce").to_numpy(np.float64)))
+            if np.isfinite(area) and area > 0:
+                self._spot_diameter = 2.0 * float(np.sqrt(area / np.pi))
+
+    @staticmethod
+    def _read_experiment(path: Path) -> dict[str, Any]:
+        try:
+            meta = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(meta, dict):
+            raise InputError(f"{path}: expected a JSON object of run metadata, got {type(meta).__name__}")
+        return meta
+
+    def _check_barcodes(self, cells_path: Path, cell_ids: pd.Series) -> None:
+        """The matrix barcodes must be the table's cell ids in the same order (XOA writes them so)."""
+        barcodes = self._matrix.barcodes
+        matrix_path = self._outs / MATRIX_FILE
+        if len(barcodes) != len(cell_ids):
+            raise InputError(f"{matrix_path}: {len(barcodes)} barcodes, but {cells_path} has {len(cell_ids)} cells; "
+                             f"both come from one Xenium run and list the same cells in one order")
+        ids = cell_ids.to_numpy(dtype=object)
+        differ = barcodes.to_numpy(dtype=object) != ids
+        if differ.any():
+            i = int(np.argmax(differ))
+            raise InputError(f"{matrix_path}: matrix/barcodes[{i}] is {barcodes[i]!r}, but {cells_path} row {i} has "
+                             f"cell_id {ids[i]!r}; the two files must list the same cells in one order "
+                             f"(are they from the same run?)")
+
+    # unit: the base class's "um" (every Xenium table is in micrometres)
+    @property
+    def spot_diameter(self) -> float | None:
+        """Diameter (um) of a disc with the median cell area, or ``None`` without ``cell_area``."""
+        return self._spot_diameter
+
+    @property
+    def var(self) -> pd.DataFrame:
+        return self._matrix.var
+
+    @property
+    def uns(self) -> dict:
+        meta = {k: self._experiment[k] for k in _EXPERIMENT_KEYS
+                if isinstance(self._experiment.get(k), (str, int, float)) and not isinstance(self._experiment[k], bool)}
+        return {"xenium": meta}
+
+    @property
+    def pixel_size(self) -> float | None:
+        """Micrometres per morphology-image pixel (``experiment.xenium``'s ``pixel_size``), if given."""
+        value = self._experiment.get("pixel_size")
+        return float(value) if isinstance(value, (int, float)) else None
+
+    @property
+    def size_hint(self) -> int | None:
+        return self._matrix.nnz
+
+    def iter_entries(self, chunk_size: int = 2_000_000) -> Iterator[EntryChunk]:
+        """Stream (cell, gene, count) entries of the gene features by barcode ranges of ~``chunk_size`` entries."""
+        return self._matrix.iter_entries(chunk_size)
