@@ -31,9 +31,11 @@ from .twopass import target_stats, tile_slices, tiled_loss_backward
 
 __all__ = ["ACTIVATION_BYTES", "StImputeFit", "fit", "node_macs", "tile_cells_for", "trans_predict"]
 
-#: bytes of activations one tile of cells may hold during a Trans pass (forward and backward); a training
-#: sample within it runs as one tile, with the plain loss (one forward pass per step, not two)
-ACTIVATION_BYTES = 1 << 30
+#: bytes of activations one tile of cells may hold during a Trans pass (forward and backward), as estimated by
+#: :func:`tile_cells_for`; measured peaks run about twice the estimate (autograd's saved tensors, the sparse
+#: aggregation's transposed copies), so 256 MB keeps a tile near 0.5 GB. A training sample within one tile runs
+#: with the plain loss (one forward pass per step, not two)
+ACTIVATION_BYTES = 1 << 28
 
 
 def node_macs(config: StImputeConfig) -> int:

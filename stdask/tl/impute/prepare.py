@@ -27,8 +27,8 @@ from ...pp.clustering import canonical_order
 from ...pp.normalize import totals_block
 from .reference import GeneMatch, check_reference, load_reference, match_genes, normalise_log, normalise_log_block
 
-__all__ = ["ImputeInputs", "MIN_TRAIN_CELLS", "TRAIN_CELLS", "TRAIN_MACS", "build_graph", "default_train_cells",
-           "panel_rows", "panel_tiles", "prepare", "train_model", "training_sample"]
+__all__ = ["BLOCK_CELLS", "ImputeInputs", "MIN_TRAIN_CELLS", "TRAIN_CELLS", "TRAIN_MACS", "build_graph",
+           "default_train_cells", "panel_rows", "panel_tiles", "prepare", "train_model", "training_sample"]
 
 #: at most this many spatial cells train the model by default (the prediction covers every cell)
 TRAIN_CELLS = 20_000
@@ -38,6 +38,8 @@ TRAIN_CELLS = 20_000
 TRAIN_MACS = 2_000_000_000
 #: ... and at least this many cells
 MIN_TRAIN_CELLS = 500
+#: cells predicted at a time: 2,048 cells x 2,000 genes hold about 16 MB per float32 copy
+BLOCK_CELLS = 2048
 
 
 @dataclass
@@ -128,14 +130,17 @@ def panel_rows(ds: SpatialDataset, rows: np.ndarray, inputs: ImputeInputs, cols:
     return out
 
 
-def panel_tiles(ds: SpatialDataset, inputs: ImputeInputs, cols: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-    """``(start_row, (n, len(cols)) float32)`` normalised-log panel values, one tile group at a time, in store
-    row order."""
+def panel_tiles(ds: SpatialDataset, inputs: ImputeInputs, cols: np.ndarray,
+                block_cells: int = BLOCK_CELLS) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start_row, (n, len(cols)) float32)`` normalised-log panel values in store row order: each tile group is
+    read (sparse) and normalised at once, then handed out in blocks of at most ``block_cells`` rows, so that the
+    dense predictions of one block (cells x imputed genes, several copies) bound memory, not the tile group."""
     starts = ds.tile_row_start
     for t0, t1 in ds.tile_groups():
         a, b = int(starts[t0]), int(starts[t1])
-        block = normalise_log_block(ds.store.read_rows(a, b), inputs.spatial_target)
-        yield a, block[:, cols].toarray()
+        group = normalise_log_block(ds.store.read_rows(a, b), inputs.spatial_target)[:, cols]
+        for lo in range(0, b - a, block_cells):
+            yield a + lo, group[lo:lo + block_cells].toarray()
 
 
 def build_graph(names: np.ndarray, reference_cols: np.ndarray, inputs: ImputeInputs, config: StImputeConfig,
