@@ -21,6 +21,8 @@ from scipy.spatial import cKDTree
 from .store.elements import RowBlocks
 from .store.format import TABLE, TABLE_PATH
 from .store.info import StoreInfo
+from .store.points import open_points, points_names
+from .store.sdata_view import SHAPES, check_shapes
 from .store.reader import SLOTS as _SLOTS
 from .store.reader import ElementInfo, StoreReader
 from .store.tables import TableReader, open_table
@@ -163,6 +165,8 @@ class SpatialDataset:
     coords = _FromStore[np.ndarray]("(n_obs, 2) float64 x, y in :attr:`unit`.")
     unit = _FromStore[str]('Coordinate unit (e.g. ``"um"``, ``"DNB"``).')
     spot_diameter = _FromStore[float | None]("Spot / cell / bin diameter in :attr:`unit`, if known.")
+    microns_per_unit = _FromStore[float | None]("Micrometres per coordinate unit (scale of the ``global`` "
+                                                "coordinate system), if known.")
     tiling = _FromStore[Tiling]("The tile grid.")
     tile_row_start = _FromStore[np.ndarray]("(n_tiles + 1,) int64: tile t holds rows ``[start[t], start[t+1])``.")
 
@@ -445,15 +449,34 @@ class SpatialDataset:
         self.to_anndata().write_h5ad(path)
         return path
 
+    def points_names(self) -> list[str]:
+        """Names of the store's points elements (``"transcripts"`` when the ingest kept them)."""
+        return points_names(self.path)
+
+    def points(self, name: str = "transcripts", tiles=None):
+        """The points element ``name`` as a lazy ``dask.dataframe.DataFrame`` (x, y in :attr:`unit`, the feature,
+        the input's columns and the store ``tile``; ``tile == -1`` outside every tile); ``tiles`` (store tile
+        indices) reads only the parts holding them."""
+        return open_points(self.path, name, tiles)
+
     def to_spatialdata(self, shapes: bool = True):
-        """Export as a :class:`spatialdata.SpatialData`: the table plus, optionally, circles at the
-        observation coordinates (radius = spot diameter / 2, or 1 unit when unknown) that it annotates."""
+        """Export as a :class:`spatialdata.SpatialData` in memory: the table (pending results included) and, with
+        ``shapes``, the shapes element it annotates: the store's own (:mod:`stdask.store.sdata_view`, in its
+        ``global`` coordinate system) or, for a store written before it had one, circles at the observation
+        coordinates (radius = spot diameter / 2, or 1 unit when unknown)."""
         import spatialdata as sd
         from spatialdata.models import ShapesModel, TableModel
 
         adata = self.to_anndata()
+        attrs = adata.uns.pop("spatialdata_attrs", None)
         if not shapes:
             return sd.SpatialData(tables={"table": TableModel.parse(adata)})
+        if attrs is not None and (self.path / SHAPES / str(attrs["region"])).is_dir():
+            check_shapes(self.path, str(attrs["region"]))
+            elements = sd.read_zarr(self.path, selection=("shapes",)).shapes
+            table = TableModel.parse(adata, region=attrs["region"], region_key=attrs["region_key"],
+                                     instance_key=attrs["instance_key"])
+            return sd.SpatialData(shapes={attrs["region"]: elements[attrs["region"]]}, tables={"table": table})
         radius = (self.spot_diameter or 2.0) / 2.0
         circles = ShapesModel.parse(self.coords, geometry=0, radius=np.full(self.n_obs, radius),
                                     index=pd.RangeIndex(self.n_obs))

@@ -377,7 +377,7 @@ def test_result_keys_stored_and_pending(store, tmp_path):
     shutil.copytree(store, p)
     ds = stdask.read(p)
     assert ds.result_keys("obsm") == ["spatial"] and ds.is_stored("obsm", "spatial")
-    assert ds.result_keys("obs") == ["cell_type", "score", "x", "y", "tile"]
+    assert ds.result_keys("obs") == ["cell_type", "score", "x", "y", "tile", "region", "instance_id"]
     ds.set_result("obsm", "emb", np.zeros((ds.n_obs, 2), np.float32))
     ds.set_result("obs", "rank", np.arange(ds.n_obs))
     assert ds.result_keys("obsm") == ["spatial", "emb"] and ds.result_keys("obsm", stored=False) == ["emb"]
@@ -417,7 +417,8 @@ def test_matrix_info_columns_and_row_counts(adata, store, tmp_path):
     e = ds.element_info("obsm", "m")
     assert (e.kind, e.shape, e.nnz, e.dtype) == ("csr", m.shape, m.nnz, np.float64)
     obs = ds.element_info("", "obs")
-    assert obs.kind == "dataframe" and obs.shape == (ds.n_obs, 5) and obs.columns[-1] == "tile"
+    assert obs.kind == "dataframe" and obs.shape == (ds.n_obs, 7)
+    assert list(obs.columns[-3:]) == ["tile", "region", "instance_id"]
     np.testing.assert_array_equal(ds.result_row_counts("obsm", "m"), np.diff(m.indptr))
     for j in (0, 5):
         want = np.full(ds.n_obs, -1.0)

@@ -14,6 +14,7 @@ from .h5ad import write_h5ad
 from .source import SyntheticSource
 from .synthetic import SyntheticParams, SyntheticSlice, SyntheticTruth, read_lr_pairs, synthetic_slice
 from .tenx import write_mtx, write_visium
+from .cosmx import write_cosmx
 from .xenium import write_xenium
 
 __all__ = [
@@ -30,5 +31,6 @@ __all__ = [
     "write_h5ad",
     "write_mtx",
     "write_visium",
+    "write_cosmx",
     "write_xenium",
 ]

@@ -18,3 +18,6 @@ PAIRED_CELLS = 7  #: paired data: per-cell states, activities, library sizes (bl
 PAIRED_SPATIAL = 8  #: paired data: counter-based uniforms of the spatial counts, per block of cells
 PAIRED_REFERENCE = 9  #: paired data: counter-based uniforms of the reference counts, per block of cells
 XENIUM = 10  #: synthetic Xenium outs/ (:mod:`.xenium`): cell ids, transcript positions and qv, controls, per chunk
+VISIUM_HD = 11  #: synthetic Visium HD outs/ (:mod:`.visium_hd`): tissue mask, 2 um counts, per band of rows
+COSMX = 12  #: synthetic CosMx flat files (:mod:`.cosmx`): cell shapes, stains, controls, molecule positions per chunk
+MERSCOPE = 13  #: synthetic MERSCOPE region (:mod:`.merscope`): entity ids, blanks, transcript positions per chunk

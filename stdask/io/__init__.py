@@ -2,6 +2,7 @@
 from stdask.io.base import (  # noqa: F401
     EntryChunk,
     InputError,
+    PointChunk,
     RecordChunk,
     Source,
     open_source,

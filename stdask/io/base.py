@@ -22,6 +22,8 @@ from typing import Any, ClassVar, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
+#: centre-to-centre distance of Stereo-seq DNBs (um) where the input does not record it
+DNB_PITCH_UM = 0.5
 #: largest count a record or entry may hold (counts stream as uint32)
 COUNT_MAX = int(np.iinfo(np.uint32).max)
 
@@ -84,6 +86,30 @@ class EntryChunk:
         return len(self.row)
 
 
+@dataclass
+class PointChunk:
+    """A chunk of molecule-level points (decoded transcripts), kept as the store's points element.
+
+    Attributes
+    ----------
+    x, y
+        (n,) float64 positions in :attr:`Source.unit`.
+    feature
+        (n,) object array of str: the feature (gene or control) each molecule was decoded as.
+    columns
+        Further (n,) columns to keep, by name (e.g. ``cell_id`` str, ``qv`` float32, ``z`` float32 um,
+        ``transcript_id`` uint64); the same names and dtypes in every chunk.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    feature: np.ndarray
+    columns: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
 class Source(ABC):
     """An input file or folder, opened lazily. Subclasses set ``format_name`` and ``kind``."""
 
@@ -91,6 +117,11 @@ class Source(ABC):
     kind: ClassVar[str]  # "records" or "obs"
     #: file-name suffixes / markers this format is guessed from (used by :meth:`detect`)
     suffixes: ClassVar[tuple[str, ...]] = ()
+    #: whether ``ingest(..., bin_size=N)`` picks one of the input's resolutions (Visium HD's square_00Num
+    #: folders) and is passed to the source as its ``bin_size`` option, rather than binning DNB records
+    takes_bin_size: ClassVar[bool] = False
+    #: name of the store's shapes element (one circle per observation) the table annotates
+    shapes_name: ClassVar[str] = "cells"
 
     def __init__(self, path: str | Path, **options: Any) -> None:
         self.path = Path(path)
@@ -114,6 +145,12 @@ class Source(ABC):
     def unit(self) -> str:
         """Unit of the coordinates: ``"DNB"``, ``"um"``, ``"pixel"``..."""
         return "um"
+
+    @property
+    def microns_per_unit(self) -> float | None:
+        """Micrometres per coordinate unit (the scale of the store's ``global`` coordinate system); ``None`` when
+        the input does not say. Default: 1 for ``"um"`` coordinates."""
+        return 1.0 if self.unit == "um" else None
 
     @property
     def spot_diameter(self) -> float | None:
@@ -159,6 +196,16 @@ class Source(ABC):
     def iter_records(self, chunk_size: int = 2_000_000) -> Iterator[RecordChunk]:
         """Stream DNB records (``kind == "records"``)."""
         raise TypeError(f"{self.format_name} streams matrix entries, not DNB records")
+
+    # --- molecule-level points (optional) ------------------------------------------------------------
+    @property
+    def points_name(self) -> str | None:
+        """Name of the points element this input can keep (``"transcripts"``), or ``None`` if it has none."""
+        return None
+
+    def iter_points(self, chunk_size: int = 2_000_000) -> Iterator[PointChunk]:
+        """Stream the molecule-level points (when :attr:`points_name` is not ``None``), in file order."""
+        raise TypeError(f"{self.format_name} input has no molecule-level points")
 
     @property
     def bounds(self) -> tuple[int, int, int, int] | None:
@@ -223,15 +270,21 @@ def source_formats() -> list[str]:
 def open_source(path: str | Path, format: str | None = None, **options: Any) -> Source:
     """Open ``path`` with the named format, or the first registered format whose :meth:`Source.detect` accepts it."""
     path = Path(path)
+    return source_class(path, format)(path, **options)
+
+
+def source_class(path: str | Path, format: str | None = None) -> type[Source]:
+    """The Source class of the named format, or of the first registered format whose :meth:`Source.detect`
+    accepts ``path``."""
+    path = Path(path)
     if format is not None:
         try:
-            cls = _SOURCES[format]
+            return _SOURCES[format]
         except KeyError:
             raise ValueError(f"unknown input format {format!r}; known: {', '.join(source_formats())}") from None
-        return cls(path, **options)
-    for cls in _SOURCES.values():
+    for cls in list(_SOURCES.values()):  # a detect() may import (and so register) another format
         if cls.detect(path):
-            return cls(path, **options)
+            return cls
     raise ValueError(
         f"{path}: cannot tell the input format from the name; pass --format / format= one of "
         f"{', '.join(source_formats())}"

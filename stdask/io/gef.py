@@ -13,7 +13,8 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from stdask.io.base import EntryChunk, InputError, RecordChunk, Source, TableSource, make_unique, register_source
+from stdask.io.base import (DNB_PITCH_UM, EntryChunk, InputError, RecordChunk, Source, TableSource, make_unique,
+                             register_source)
 from stdask.io.hdf5 import decode_strings, open_hdf5
 
 __all__ = ["GefSource", "CellbinGefSource"]
@@ -130,6 +131,15 @@ class _GefFile:
     @property
     def unit(self) -> str:
         return "DNB"
+
+    @property
+    def microns_per_unit(self) -> float:
+        """The DNB pitch: the ``resolution`` attribute (nm) of the file or its main dataset, else 500 nm."""
+        for key in ("resolution", "expression_resolution", "cellBin_resolution", "cell_resolution"):
+            value = self._attrs.get(key)
+            if isinstance(value, (int, float, np.integer, np.floating)) and np.isfinite(value) and value > 0:
+                return float(value) / 1000.0
+        return DNB_PITCH_UM
 
     @property
     def var(self) -> pd.DataFrame:

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from stdask.io.base import COUNT_MAX, InputError, RecordChunk, Source, make_unique, register_source
+from stdask.io.base import COUNT_MAX, DNB_PITCH_UM, InputError, RecordChunk, Source, make_unique, register_source
 from stdask.io.text import (
     TextColumn,
     block_size_for,
@@ -155,6 +155,11 @@ class GemSource(Source):
     @property
     def unit(self) -> str:
         return "DNB"
+
+    @property
+    def microns_per_unit(self) -> float:
+        """The DNB pitch of a Stereo-seq chip (500 nm; a GEM does not record it)."""
+        return DNB_PITCH_UM
 
     @property
     def uns(self) -> dict:

@@ -20,7 +20,8 @@ from ..store.spill import ChunkSpill, TileSpill, csr_from_entries
 from ..store.tiling import (Tiling, check_bin_grid, check_coordinates, check_tile_count, check_tile_size, default_tile_size,
                             sort_order)
 from ..store.writer import StoreBuilder
-from .base import InputError, Source, open_source
+from ..store.sdata_view import ShapeSpec
+from .base import InputError, Source, source_class
 
 #: default tile side in bins for square-bin stores (128 x 128 = 16,384 bins per full tile)
 BINS_PER_TILE_SIDE = 128
@@ -39,6 +40,7 @@ def ingest(
     chunk_size: int = 2_000_000,
     spill_dir: str | Path | None = None,
     progress: bool = True,
+    points: bool = False,
     **options: Any,
 ) -> Path:
     """Ingest an input file or folder into a new store.
@@ -52,7 +54,8 @@ def ingest(
     format
         Input format name (see :func:`stdask.io.base.source_formats`); guessed from the name if omitted.
     bin_size
-        For DNB-level inputs (GEM/GEF): square bin side N in DNB (``binN``, 1..200).
+        For DNB-level inputs (GEM/GEF): square bin side N in DNB (``binN``, 1..200). For inputs binned at several
+        resolutions (Visium HD), the one to read (um).
     cellbin
         For DNB-level inputs with a ``CellID`` column: group records by cell instead of binning.
     tile_size
@@ -67,6 +70,9 @@ def ingest(
         Folder for temporary spill files (default: next to the store).
     progress
         Show progress bars.
+    points
+        Keep the input's molecule-level points (Xenium, CosMx, MERSCOPE transcripts) as the store's points
+        element, partitioned by tile (every point, whether or not it lies in a cell).
     **options
         Passed to the format's Source (e.g. ``pixel_size`` for MTX + cell_locations).
 
@@ -84,7 +90,16 @@ def ingest(
     if (store.exists() or store.is_symlink()) and not overwrite:
         raise FileExistsError(f"{store} exists; pass overwrite=True (CLI: --overwrite) to replace it")
     check_replaceable(store, "store")
-    src = input if isinstance(input, Source) else open_source(input, format=format, **options)
+    if isinstance(input, Source):
+        src = input
+    else:
+        cls = source_class(input, format)
+        if cls.takes_bin_size and bin_size is not None:  # a resolution to pick, not DNBs to bin
+            options["bin_size"], bin_size = bin_size, None
+        src = cls(Path(input), **options)
+    if points and src.points_name is None:
+        raise ValueError(f"{src.path}: points=True (CLI: --points), but {src.format_name} input holds no "
+                         "molecule-level points (transcripts) to keep")
     spill_dir = Path(spill_dir) if spill_dir is not None else store.parent
     spill_dir.mkdir(parents=True, exist_ok=True)
     prov = {
@@ -98,7 +113,7 @@ def ingest(
     if bin_size is not None or cellbin:
         raise ValueError(f"{src.format_name} input has observations already; --bin/--cellbin apply to DNB-level "
                          "inputs (GEM, GEF) only")
-    return _ingest_obs(src, store, tile_size, overwrite, chunk_size, spill_dir, progress, prov)
+    return _ingest_obs(src, store, tile_size, overwrite, chunk_size, spill_dir, progress, prov, points)
 
 
 def check_chunk_size(chunk_size: int) -> None:
@@ -111,7 +126,8 @@ def check_chunk_size(chunk_size: int) -> None:
 # ----------------------------------------------------------------------------------------------------
 # observation sources (MTX, Visium, h5ad, cell-bin GEF)
 # ----------------------------------------------------------------------------------------------------
-def _ingest_obs(src: Source, store: Path, tile_size, overwrite, chunk_size, spill_dir, progress, prov) -> Path:
+def _ingest_obs(src: Source, store: Path, tile_size, overwrite, chunk_size, spill_dir, progress, prov,
+                points: bool = False) -> Path:
     obs = src.obs
     coords = np.asarray(src.coords, dtype=np.float64)
     n_obs = len(obs)
@@ -137,6 +153,7 @@ def _ingest_obs(src: Source, store: Path, tile_size, overwrite, chunk_size, spil
     tile_start = np.concatenate([[0], np.cumsum(tile_rows)])
     matrices = {"X": src.value_dtype, **src.layers}
     spills = {name: TileSpill(("key", "gene", "value"), spill_dir) for name in matrices}
+    point_spill = _spill_points(src, tiling, spill_dir, chunk_size, progress) if points else None
     try:
         bar = progress_bar(total=src.size_hint, desc=f"read {src.path.name}", unit="entries", disable=not progress)
         for chunk in src.iter_entries(chunk_size):
@@ -160,12 +177,41 @@ def _ingest_obs(src: Source, store: Path, tile_size, overwrite, chunk_size, spil
                     blocks[name] = csr_from_entries(e["key"] - r0, e["gene"], e["value"], n, n_vars, dtype)
                 b.append_tile(int(t), n, blocks)
             obsm = {k: np.asarray(v)[perm] for k, v in src.obsm.items()}
+            if point_spill is not None:
+                prov["n_points"] = _write_points(b, point_spill, src)
             b.finish(obs.iloc[perm], coords[perm], unit=src.unit, spot_diameter=src.spot_diameter, obsm=obsm,
-                     uns=src.uns, provenance=prov)
+                     uns=src.uns, provenance=prov, shapes=ShapeSpec(src.shapes_name, "circle", src.spot_diameter),
+                     microns_per_unit=src.microns_per_unit)
     finally:
         for s in spills.values():
             s.close()
+        if point_spill is not None:
+            point_spill.close()
     return store
+
+
+def _spill_points(src: Source, tiling: Tiling, spill_dir: Path, chunk_size: int, progress: bool):
+    """Stream the source's points into a :class:`~stdask.store.points.PointsWriter` (spilled by tile)."""
+    from ..store.points import PointsWriter
+
+    writer = PointsWriter(tiling, spill_dir)
+    try:
+        bar = progress_bar(total=None, desc=f"read {src.points_name}", unit="points", disable=not progress)
+        for chunk in src.iter_points(chunk_size):
+            writer.add(chunk)
+            bar.update(len(chunk))
+        bar.close()
+    except BaseException:
+        writer.close()
+        raise
+    return writer
+
+
+def _write_points(b: StoreBuilder, writer, src: Source) -> int:
+    """Write the spilled points as the store's ``points/<name>`` element; returns their number."""
+    b.root.require_group("points")
+    return int(writer.write(b.tmp / "points" / src.points_name, microns_per_unit=src.microns_per_unit,
+                            unit=src.unit))
 
 
 def _combine(key: np.ndarray, tile: np.ndarray, gene: np.ndarray, values: dict[str, np.ndarray], n_vars: int):
@@ -340,7 +386,9 @@ def _ingest_records(src: Source, store: Path, bin_size, cellbin, tile_size, over
                     b.append_obs(nm[order], x[order], y[order], **extra)
                 prov.update({"bin_size": int(bin_size) if bin_size else 0, "cellbin": bool(cellbin),
                              "n_records": int(n_records), "records_outside_cells": int(dropped)})
-                b.finish(None, None, unit=src.unit, spot_diameter=unit_spot, uns=src.uns, provenance=prov)
+                spec = ShapeSpec("cells", "circle", None) if cellbin else ShapeSpec("bins", "square", unit_spot)
+                b.finish(None, None, unit=src.unit, spot_diameter=unit_spot, uns=src.uns, provenance=prov,
+                         shapes=spec, microns_per_unit=src.microns_per_unit)
     finally:
         raw.close()
     return store

@@ -11,6 +11,8 @@ from stdask.io.gef import CellbinGefSource, GefSource
 from stdask.io.mtx import MtxSource
 from stdask.io.visium import VisiumSource
 from stdask.io.xenium import XeniumSource  # noqa: F401  (registers 'xenium')
+from stdask.io.cosmx import CosMxSource  # noqa: F401  (registers 'cosmx')
+from stdask.io.xenium_transcripts import XeniumTranscriptsSource  # noqa: F401  (registers 'xenium_transcripts')
 from stdask.io.h5ad import H5adSource
 
 __all__ = ["GemSource", "GefSource", "CellbinGefSource", "MtxSource", "VisiumSource", "H5adSource"]

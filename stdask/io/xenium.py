@@ -23,16 +23,24 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-from stdask.io.base import EntryChunk, InputError, TableSource, register_source
+from stdask.io.base import EntryChunk, InputError, PointChunk, TableSource, register_source
 from stdask.io.visium import TenxH5Matrix
 
-__all__ = ["XeniumSource", "CELL_FILES", "EXPERIMENT_FILE", "MATRIX_FILE", "REQUIRED_CELL_COLUMNS"]
+__all__ = ["XeniumSource", "CELL_FILES", "EXPERIMENT_FILE", "MATRIX_FILE", "REQUIRED_CELL_COLUMNS",
+           "TRANSCRIPTS_FILE", "REQUIRED_TRANSCRIPT_COLUMNS", "arrow_strings", "transcript_columns"]
 
 EXPERIMENT_FILE = "experiment.xenium"
 MATRIX_FILE = "cell_feature_matrix.h5"
 #: the per-cell table, in the order tried
 CELL_FILES = ("cells.parquet", "cells.csv.gz")
 REQUIRED_CELL_COLUMNS = ("cell_id", "x_centroid", "y_centroid")
+TRANSCRIPTS_FILE = "transcripts.parquet"
+REQUIRED_TRANSCRIPT_COLUMNS = ("x_location", "y_location", "feature_name")
+#: transcripts.parquet columns kept with each point, and their dtype (those present; XOA 2.0 added
+#: codeword_index, XOA 3.0 is_gene); cell_id is kept as str whatever the file's type
+_POINT_COLUMNS = {"transcript_id": np.uint64, "cell_id": str, "overlaps_nucleus": np.uint8,
+                  "z_location": np.float32, "qv": np.float32, "nucleus_distance": np.float32,
+                  "codeword_index": np.int32, "is_gene": np.bool_}
 #: experiment.xenium keys copied to ``uns['xenium']`` (scalars only, so AnnData can write them)
 _EXPERIMENT_KEYS = ("pixel_size", "analysis_sw_version", "instrument_sw_version", "run_name", "region_name",
                     "panel_name", "panel_organism", "panel_design_id", "preservation_method", "z_step_size",
@@ -72,6 +80,43 @@ def _read_cells(outs: Path) -> tuple[Path, pd.DataFrame]:
     # XOA 1.x wrote integer cell ids; later versions 'aaabbbcc-1' strings. Either way the matrix has them as text.
     table["cell_id"] = table["cell_id"].map(lambda v: v.decode() if isinstance(v, bytes) else str(v))
     return path, table
+
+
+def arrow_strings(array) -> np.ndarray:
+    """(n,) object array of str from a pyarrow string, binary (XOA 1.x), integer (XOA 1.x cell ids) or dictionary
+    column; converted by pyarrow in C, never per value in Python. Nulls become ``""``."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_dictionary(array.type):
+        array = array.cast(array.type.value_type)
+    if not pa.types.is_string(array.type):
+        array = array.cast(pa.string())  # binary: validated as UTF-8; numbers: their decimal text
+    return pc.fill_null(array, "").to_numpy(zero_copy_only=False)
+
+
+def transcript_columns(path: Path) -> list[str]:
+    """The column names of a transcripts.parquet; refuses one without the required columns."""
+    import pyarrow.parquet as pq
+
+    try:
+        names = list(pq.ParquetFile(path).schema_arrow.names)
+    except Exception as exc:  # pyarrow raises several types for a corrupt file
+        raise InputError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})") from None
+    missing = [c for c in REQUIRED_TRANSCRIPT_COLUMNS if c not in names]
+    if missing:
+        raise InputError(f"{path}: no column(s) {', '.join(missing)} (x_location, y_location in um and feature_name "
+                         f"are required); columns found: {', '.join(names)}")
+    return names
+
+
+def _numbers(batch, name: str, dtype, path: Path, offset: int) -> np.ndarray:
+    """A numeric column of a record batch as ``dtype``; refuses nulls (naming the row) rather than inventing values."""
+    col = batch.column(name)
+    if col.null_count:
+        row = offset + int(np.argmax(col.is_null().to_numpy(zero_copy_only=False)))
+        raise InputError(f"{path}: row {row}: {name} is empty; every transcript needs one")
+    return col.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
 
 
 def _check_columns(path: Path, columns: list[str]) -> None:
@@ -164,6 +209,11 @@ class XeniumSource(TableSource):
                              f"cell_id {ids[i]!r}; the two files must list the same cells in one order "
                              f"(are they from the same run?)")
 
+    @property
+    def outs(self) -> Path:
+        """The ``outs/`` folder read (``path`` itself or ``path/outs``)."""
+        return self._outs
+
     # unit: the base class's "um" (every Xenium table is in micrometres)
     @property
     def spot_diameter(self) -> float | None:
@@ -193,3 +243,36 @@ class XeniumSource(TableSource):
     def iter_entries(self, chunk_size: int = 2_000_000) -> Iterator[EntryChunk]:
         """Stream (cell, gene, count) entries of the gene features by barcode ranges of ~``chunk_size`` entries."""
         return self._matrix.iter_entries(chunk_size)
+
+    @property
+    def points_name(self) -> str | None:
+        """``"transcripts"`` when the folder holds ``transcripts.parquet``, else ``None``."""
+        return "transcripts" if (self._outs / TRANSCRIPTS_FILE).is_file() else None
+
+    def iter_points(self, chunk_size: int = 2_000_000) -> Iterator[PointChunk]:
+        """Stream ``transcripts.parquet`` in file order, ``chunk_size`` rows at a time.
+
+        Yields
+        ------
+        PointChunk
+            ``x``, ``y``: (n,) float64 ``x_location``, ``y_location`` (um); ``feature``: (n,) str ``feature_name``
+            (genes and controls); ``columns``: those of ``transcript_id`` (uint64), ``cell_id`` (str; XOA 1.x
+            integer ids as text), ``overlaps_nucleus`` (uint8), ``z_location``, ``qv``, ``nucleus_distance``
+            (float32), ``codeword_index`` (int32), ``is_gene`` (bool) the file has.
+        """
+        import pyarrow.parquet as pq
+
+        path = self._outs / TRANSCRIPTS_FILE
+        if not path.is_file():
+            raise TypeError(f"{self._outs}: no {TRANSCRIPTS_FILE}, so no molecule-level points")
+        names = transcript_columns(path)
+        keep = [c for c in _POINT_COLUMNS if c in names]
+        offset = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_size,
+                                                       columns=list(REQUIRED_TRANSCRIPT_COLUMNS) + keep):
+            columns = {c: (arrow_strings(batch.column(c)) if _POINT_COLUMNS[c] is str
+                           else _numbers(batch, c, _POINT_COLUMNS[c], path, offset)) for c in keep}
+            yield PointChunk(_numbers(batch, "x_location", np.float64, path, offset),
+                             _numbers(batch, "y_location", np.float64, path, offset),
+                             arrow_strings(batch.column("feature_name")), columns)
+            offset += batch.num_rows

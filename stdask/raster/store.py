@@ -16,7 +16,7 @@ import numpy as np
 from ..store.format import IMAGES
 from ..store.raster import RASTER, RasterElement, images_group, open_raster
 from ..store.raster import raster_names as stored_raster_names
-from ..store.reader import open_root
+from ..store.reader import StoreReader, open_root
 from ..store.update import write_elements
 
 RASTER_ENCODING = RASTER.encoding
@@ -53,9 +53,13 @@ def pixel_affine(row: np.ndarray, col: np.ndarray, coords: np.ndarray) -> np.nda
     return A
 
 
-def _ngff_attrs(name: str, affine: np.ndarray | None, channels: list[str], unit: str) -> dict:
+def _ngff_attrs(name: str, affine: np.ndarray | None, channels: list[str], unit: str,
+                microns_per_unit: float | None = None) -> dict:
     axes = [{"name": "c", "type": "channel"}, {"name": "y", "type": "space", "unit": unit or "unit"},
             {"name": "x", "type": "space", "unit": unit or "unit"}]
+    if microns_per_unit and microns_per_unit != 1.0:
+        # 'global' is in micrometres, as the shapes element's (stdask.store.sdata_view): pixel -> store units -> um
+        affine = np.diag([microns_per_unit, microns_per_unit, 1.0]) @ (np.eye(3) if affine is None else affine)
     if affine is None:
         tr = {"type": "identity"}
     else:
@@ -122,7 +126,8 @@ def write_raster(target, name: str, image: np.ndarray, count: np.ndarray | None 
     if unit is None:
         unit = getattr(target, "unit", "") or ""
     open_root(root_path)  # refuse anything but a committed stdask store
-    meta = _ngff_attrs(name, affine, channels, unit)
+    mpu = getattr(target, "microns_per_unit", None) if hasattr(target, "path") else StoreReader(root_path).microns_per_unit
+    meta = _ngff_attrs(name, affine, channels, unit, mpu)
     meta["stdask"] = {"encoding": RASTER_ENCODING, "version": RASTER_VERSION, "tile": tile,
                       "channels": channels, "grid": grid or {}, "unit": unit,
                       "affine": None if affine is None else np.asarray(affine, float).tolist(),

@@ -165,6 +165,7 @@ class StoreReader:
             raise StoreFormatError(f"{self.path}: tile index does not match the table ({self.n_obs} rows)")
         self.unit = index.unit
         self.spot_diameter = index.spot_diameter
+        self.microns_per_unit = index.microns_per_unit
 
     @property
     def version(self) -> str:

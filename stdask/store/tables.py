@@ -207,7 +207,7 @@ def write_table(path: str | Path, name: str, *, obs_names: pd.Index, var: pd.Dat
 
     def tile_index() -> TileIndex:
         return TileIndex(ti.tiling, ti.tile_row_start, ti.bounds, ti.unit, ti.spot_diameter, check.max_value,
-                         {"source_table": TABLE}, ti.curve)
+                         {"source_table": TABLE}, ti.curve, ti.microns_per_unit)
 
     table = DenseTable(X, _table_obs(main, obs_names, obs), var, {"spatial": main.coords}, uns, tile_index)
     write_elements(main.path, [("tables", name, table)], lock_timeout)

@@ -46,6 +46,9 @@ class TileIndex:
         What made the store (input, options).
     curve
         Row order inside a tile.
+    microns_per_unit
+        Micrometres per coordinate unit (the scale of the ``global`` coordinate system), ``None`` when the input
+        did not say.
     """
 
     tiling: Tiling
@@ -56,6 +59,7 @@ class TileIndex:
     max_count: float
     provenance: dict = field(default_factory=dict)
     curve: str = "hilbert"
+    microns_per_unit: float | None = None
 
     def as_dict(self) -> dict:
         """The ``uns/stdask`` dict as it is stored."""
@@ -71,6 +75,7 @@ class TileIndex:
             "spot_diameter": float(self.spot_diameter) if self.spot_diameter else float("nan"),
             "max_count": float(self.max_count),
             "provenance": self.provenance or {},
+            "microns_per_unit": float(self.microns_per_unit) if self.microns_per_unit else float("nan"),
         }
 
 
@@ -83,6 +88,7 @@ def write_tile_index(parent, key: str, index: TileIndex) -> None:
 def read_tile_index(node) -> TileIndex:
     meta = read_anndata(node)
     sd = float(meta.get("spot_diameter", np.nan))
+    mpu = float(meta.get("microns_per_unit", np.nan))  # absent in stores written before it was recorded
     tiles = meta.get("tile_ids")  # absent in version 1: the whole bounding grid is listed
     try:
         tiling = Tiling.from_attrs(meta["tiling"], None if tiles is None else np.asarray(tiles, dtype=np.int64))
@@ -97,6 +103,7 @@ def read_tile_index(node) -> TileIndex:
         max_count=float(meta.get("max_count", np.nan)),
         provenance=dict(meta.get("provenance", {})),
         curve=str(meta.get("curve", "hilbert")),
+        microns_per_unit=mpu if np.isfinite(mpu) and mpu > 0 else None,
     )
 
 

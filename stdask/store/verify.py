@@ -13,7 +13,10 @@ import zarr
 from zarr.storage import LocalStore
 
 from .chunks import chunk_key, key_exists, recorded_grid, region, storage_grid, touched, unwritten_keys
+from .format import StoreDamageError
 from .reader import StoreReader
+from .points import POINTS_ENCODING, check_points
+from .sdata_view import SHAPES_ENCODING, check_shapes
 
 
 @dataclass
@@ -85,14 +88,33 @@ def _check_array(store: LocalStore, rel: str, out: StoreVerification) -> None:
             out.problems.append(f"{rel}: chunk {key} is damaged ({type(e).__name__}: {e})")
 
 
-def _metadata(path: Path, rel: str, out: StoreVerification) -> str | None:
-    """The node type in ``rel/zarr.json``, or ``None`` (with a problem recorded) if it does not parse."""
+def _metadata(path: Path, rel: str, out: StoreVerification) -> dict | None:
+    """The metadata in ``rel/zarr.json``, or ``None`` (with a problem recorded) if it does not parse."""
     f = path / rel / "zarr.json"
     try:
-        return str(json.loads(f.read_text()).get("node_type"))
+        meta = json.loads(f.read_text())
+        meta.get("node_type")
+        return meta
     except (OSError, ValueError, AttributeError) as e:
         out.problems.append(f"{(Path(rel) / 'zarr.json').as_posix()}: not valid zarr metadata ({e})")
         return None
+
+
+def _check_files(path: Path, rel: str, meta: dict, out: StoreVerification) -> None:
+    """Elements kept as files rather than zarr arrays (the shapes' GeoParquet, the points' Parquet parts):
+    each checks its files against what it recorded when written."""
+    encoding = (meta.get("attributes") or {}).get("stdask", {})
+    encoding = encoding.get("encoding") if isinstance(encoding, dict) else None
+    try:
+        if encoding == SHAPES_ENCODING:
+            check_shapes(path, Path(rel).name)
+        elif encoding == POINTS_ENCODING:
+            check_points(path, Path(rel).name)
+        else:
+            return
+        out.chunks += 1
+    except StoreDamageError as e:
+        out.problems.append(str(e))
 
 
 def verify_store(path: str | Path) -> StoreVerification:
@@ -115,9 +137,12 @@ def verify_store(path: str | Path) -> StoreVerification:
         if "zarr.json" not in filenames:
             continue
         rel = Path(dirpath).relative_to(path).as_posix()
-        if _metadata(path, rel, out) == "array":
+        meta = _metadata(path, rel, out)
+        if meta is not None and meta.get("node_type") == "array":
             dirnames[:] = []  # below an array are its chunks
             _check_array(store, "" if rel == "." else rel, out)
+        elif meta is not None:
+            _check_files(path, rel, meta, out)
     return out
 
 

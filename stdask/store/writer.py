@@ -27,6 +27,7 @@ from .csr import CsrStreamWriter, compressors
 from .elements import ANNDATA, ARRAY, DATAFRAME, DICT, STRING_ARRAY
 from .encoding import write_element
 from .format import STORE_ENCODING, STORE_VERSION, TABLE, TABLE_PATH
+from .sdata_view import ShapeSpec, write_view
 from .tile_index import TileIndex
 from .tiling import Tiling
 
@@ -123,6 +124,7 @@ class StoreBuilder:
         self.overwrite = overwrite
         self._ctx = None
         self._finished = False
+        self._microns_per_unit: float | None = None
 
     def __enter__(self) -> "StoreBuilder":
         self._ctx = atomic_directory(self.path, overwrite=self.overwrite)
@@ -162,11 +164,15 @@ class StoreBuilder:
 
     def finish(self, obs: pd.DataFrame | None, coords: np.ndarray | None, *, unit: str,
                spot_diameter: float | None = None, obsm: dict[str, np.ndarray] | None = None,
-               uns: dict | None = None, provenance: dict | None = None) -> None:
-        """Write obs/var/obsm/uns and the tile index (rows already in store order).
+               uns: dict | None = None, provenance: dict | None = None, shapes: ShapeSpec | None = None,
+               microns_per_unit: float | None = None) -> None:
+        """Write obs/var/obsm/uns and the tile index (rows already in store order), then, with ``shapes``, the
+        SpatialData view (:mod:`stdask.store.sdata_view`): the shapes element the table annotates, in a ``global``
+        coordinate system of ``microns_per_unit`` um per store unit.
 
         With streamed obs (:meth:`stream_obs`), pass ``obs=None, coords=None``.
         """
+        self._microns_per_unit = microns_per_unit
         n_obs = int(self.tile_rows.sum())
         stream = getattr(self, "_obs_stream", None)
         if stream is not None:
@@ -176,6 +182,7 @@ class StoreBuilder:
                 raise ValueError("extra obsm arrays are not supported with streamed obs")
             self._finish_tables(n_obs, stream.lo, stream.hi, unit, spot_diameter, uns, provenance)
             stream.close(np.repeat(np.arange(self.tiling.n_tiles, dtype=np.int32), self.tile_rows))
+            self._write_view(n_obs, stream.lo, stream.hi, shapes)
             return
         if len(obs) != n_obs or len(coords) != n_obs:
             raise ValueError(f"obs has {len(obs)} rows and coords {len(coords)}, but {n_obs} rows were written")
@@ -200,6 +207,12 @@ class StoreBuilder:
         lo = coords.min(axis=0) if n_obs else np.zeros(2)
         hi = coords.max(axis=0) if n_obs else np.zeros(2)
         self._finish_tables(n_obs, lo, hi, unit, spot_diameter, uns, provenance, write_var=False)
+        self._write_view(n_obs, lo, hi, shapes)
+
+    def _write_view(self, n_obs: int, lo, hi, shapes: ShapeSpec | None) -> None:
+        if shapes is not None:
+            bounds = np.array([lo[0], lo[1], hi[0], hi[1]], dtype=np.float64) if n_obs else np.zeros(4)
+            write_view(self.root, self.tmp, self.table, n_obs, bounds, shapes, self._microns_per_unit)
 
     def _finish_tables(self, n_obs, lo, hi, unit, spot_diameter, uns, provenance, write_var: bool = True) -> None:
         if write_var:
@@ -213,12 +226,14 @@ class StoreBuilder:
         tile_row_start = np.concatenate([[0], np.cumsum(self.tile_rows)]).astype(np.int64)
         bounds = [float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])] if n_obs else [0.0] * 4
         index = TileIndex(self.tiling, tile_row_start, np.asarray(bounds), unit, spot_diameter,
-                          float(self.writers["X"].max_value), provenance or {})
+                          float(self.writers["X"].max_value), provenance or {},
+                          microns_per_unit=self._microns_per_unit)
         uns = dict(uns or {})
         uns.pop("stdask", None)  # the tile index below is the one uns/stdask
         write_elem(self.table, "uns", uns)
         write_elem(self.table["uns"], "stdask", index)
-        # SpatialData reads a table that annotates no element when these attributes are present
+        # SpatialData reads a table that annotates no element when these attributes are present (write_view
+        # names the element it annotates afterwards)
         self.table.attrs.update({**ANNDATA.attrs(),
                                  "spatialdata-encoding-type": "ngff:regions_table", "region": None,
                                  "region_key": None, "instance_key": None, "version": "0.2"})
