@@ -15,6 +15,8 @@ from .source import SyntheticSource
 from .synthetic import SyntheticParams, SyntheticSlice, SyntheticTruth, read_lr_pairs, synthetic_slice
 from .tenx import write_mtx, write_visium
 from .cosmx import write_cosmx
+from .merscope import write_merscope
+from .visium_hd import write_visium_hd
 from .xenium import write_xenium
 
 __all__ = [
@@ -32,5 +34,7 @@ __all__ = [
     "write_mtx",
     "write_visium",
     "write_cosmx",
+    "write_merscope",
+    "write_visium_hd",
     "write_xenium",
 ]

@@ -391,3 +391,20 @@ def rows_for_barcodes(table: pd.DataFrame, barcodes: pd.Index, path: Path, what:
         raise InputError(f"{path}: {len(absent)} of {len(barcodes)} matrix barcodes have no {what}, "
                          f"e.g. {', '.join(map(repr, absent[:5]))}")
     return table.loc[barcodes]
+
+
+def coordinate_columns(table: pd.DataFrame, columns: Sequence[str], names: Sequence[Any], path: Path,
+                       first_line: int | None = None, unit: str = "um") -> np.ndarray:
+    """The x and y columns of a per-observation table as (n, 2) float64.
+
+    A value that is not a finite number is an :class:`InputError` naming the file, the line (``first_line`` = the
+    file line of row 0) or row, the observation (``names[i]``) and both values.
+    """
+    coords = np.column_stack([pd.to_numeric(table[c], errors="coerce").to_numpy(np.float64) for c in columns])
+    bad = ~np.isfinite(coords).all(1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        where = f"line {i + first_line}" if first_line is not None else f"row {i}"
+        raise InputError(f"{path}: cell {names[i]!r} ({where}): {columns[0]}, {columns[1]} = "
+                         f"{table[columns[0]].iloc[i]!r}, {table[columns[1]].iloc[i]!r}; expected numbers ({unit})")
+    return coords

@@ -14,6 +14,7 @@ in full-resolution image pixels.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -26,8 +27,13 @@ from stdask.io.hdf5 import decode_strings, open_hdf5, pointer_ranges
 from stdask.io.mtx import GEX, TenxMatrix, TenxMtxMatrix
 from stdask.io.text import first_duplicate, rows_for_barcodes
 
-__all__ = ["VisiumSource", "TenxH5Matrix", "read_positions", "POSITION_COLUMNS"]
+__all__ = ["VisiumSource", "TenxH5Matrix", "read_positions", "read_scalefactors", "read_images", "library_uns",
+           "default_library_id", "POSITION_COLUMNS"]
 
+#: diameter of a Visium (v1/v2/CytAssist 6.5 mm) capture spot, um
+VISIUM_SPOT_UM = 55.0
+#: a Visium HD resolution's folder under outs/binned_outputs/ (bin side in um): read by stdask.io.visium_hd
+HD_BIN_FOLDER = re.compile(r"square_(\d{3})um")
 #: columns of spatial/tissue_positions.csv (the header Space Ranger >= 2 writes)
 POSITION_COLUMNS = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"]
 
@@ -137,6 +143,48 @@ def _outs_folder(path: Path) -> Path:
     return path
 
 
+def read_scalefactors(path: Path) -> dict[str, float]:
+    """The numeric entries of a Space Ranger ``scalefactors_json.json`` (``{}`` when the file is absent)."""
+    if not path.is_file():
+        return {}
+    try:
+        return {k: float(v) for k, v in json.loads(path.read_text()).items()
+                if isinstance(v, (int, float))}
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
+
+
+def read_images(folders: list[Path]) -> dict[str, np.ndarray]:
+    """``tissue_{hires,lowres}_image.png`` as (h, w, 3 or 4) float32 RGB(A) in [0, 1] (as scanpy keeps them), each
+    from the first of ``folders`` that holds it; qualities without a file are left out."""
+    images: dict[str, np.ndarray] = {}
+    for quality in ("hires", "lowres"):
+        img = next((d / f"tissue_{quality}_image.png" for d in folders
+                    if (d / f"tissue_{quality}_image.png").is_file()), None)
+        if img is not None:
+            from matplotlib.image import imread
+
+            images[quality] = np.asarray(imread(img), dtype=np.float32)
+    return images
+
+
+def default_library_id(matrix: TenxMatrix, outs: Path) -> str:
+    """The h5's first ``library_ids`` attribute, else the run folder's name (the folder holding ``outs/``)."""
+    ids = matrix.library_ids if isinstance(matrix, TenxH5Matrix) else []
+    return ids[0] if ids else (outs.parent.name if outs.name == "outs" else outs.name)
+
+
+def library_uns(images: dict[str, np.ndarray], scalefactors: dict[str, float], matrix: TenxMatrix) -> dict[str, Any]:
+    """One library's ``uns['spatial'][library_id]`` entry as scanpy's ``read_visium`` writes it: images,
+    scalefactors, ``use_quality`` and the h5's chemistry / software version as ``metadata``."""
+    lib: dict[str, Any] = {"images": dict(images), "scalefactors": dict(scalefactors), "use_quality": "hires"}
+    if isinstance(matrix, TenxH5Matrix):
+        meta = {k: str(matrix.attrs[k]) for k in ("chemistry_description", "software_version") if k in matrix.attrs}
+        if meta:
+            lib["metadata"] = meta
+    return lib
+
+
 def read_positions(spatial: Path, barcodes: pd.Index) -> pd.DataFrame:
     """Spot positions for the matrix barcodes, in matrix order.
 
@@ -201,12 +249,15 @@ class VisiumSource(TableSource):
 
     format_name = "visium"
     kind = "obs"
+    shapes_name = "spots"
 
     @classmethod
     def detect(cls, path: Path) -> bool:
         if not path.is_dir():
             return False
         outs = _outs_folder(path)
+        if HD_BIN_FOLDER.fullmatch(outs.name) or (outs / "binned_outputs").is_dir():
+            return False  # Visium HD (stdask.io.visium_hd): a square_NNNum folder has spatial/ and a matrix too
         return (outs / "spatial").is_dir() and (
             (outs / "filtered_feature_bc_matrix.h5").is_file() or (outs / "filtered_feature_bc_matrix").is_dir()
             or (outs / "raw_feature_bc_matrix.h5").is_file()
@@ -230,30 +281,13 @@ class VisiumSource(TableSource):
             self._matrix = TenxMtxMatrix(outs / count_file[:-3], gex_only=gex_only)
         else:
             raise InputError(f"{outs}: no {count_file} (nor a {count_file.removesuffix('.h5')}/ MTX folder)")
-        if library_id is None:
-            ids = self._matrix.library_ids if isinstance(self._matrix, TenxH5Matrix) else []
-            library_id = ids[0] if ids else (outs.parent.name if outs.name == "outs" else outs.name)
-        self.library_id = library_id
+        self.library_id = library_id if library_id is not None else default_library_id(self._matrix, outs)
         positions = read_positions(spatial, self._matrix.barcodes)
         self._coords = np.column_stack([positions["pxl_col_in_fullres"].to_numpy(),
                                         positions["pxl_row_in_fullres"].to_numpy()]).astype(np.float64)
         self._obs = positions[["in_tissue", "array_row", "array_col"]].copy()
-        sf_path = spatial / "scalefactors_json.json"
-        self._scalefactors: dict[str, float] = {}
-        if sf_path.is_file():
-            try:
-                self._scalefactors = {k: float(v) for k, v in json.loads(sf_path.read_text()).items()
-                                      if isinstance(v, (int, float))}
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{sf_path}: not valid JSON ({exc})") from None
-        self._images: dict[str, np.ndarray] = {}
-        if load_images:
-            for quality in ("hires", "lowres"):
-                img = spatial / f"tissue_{quality}_image.png"
-                if img.is_file():
-                    from matplotlib.image import imread
-
-                    self._images[quality] = np.asarray(imread(img), dtype=np.float32)
+        self._scalefactors = read_scalefactors(spatial / "scalefactors_json.json")
+        self._images = read_images([spatial]) if load_images else {}
 
     @property
     def unit(self) -> str:
@@ -265,19 +299,18 @@ class VisiumSource(TableSource):
         return self._scalefactors.get("spot_diameter_fullres")
 
     @property
+    def microns_per_unit(self) -> float | None:
+        """um per full-resolution pixel: Visium spots are 55 um across, ``spot_diameter_fullres`` pixels."""
+        d = self.spot_diameter
+        return VISIUM_SPOT_UM / d if d else None
+
+    @property
     def var(self) -> pd.DataFrame:
         return self._matrix.var
 
     @property
     def uns(self) -> dict:
-        lib: dict[str, Any] = {"images": dict(self._images), "scalefactors": dict(self._scalefactors),
-                               "use_quality": "hires"}
-        if isinstance(self._matrix, TenxH5Matrix):
-            meta = {k: str(self._matrix.attrs[k]) for k in ("chemistry_description", "software_version")
-                    if k in self._matrix.attrs}
-            if meta:
-                lib["metadata"] = meta
-        return {"spatial": {self.library_id: lib}}
+        return {"spatial": {self.library_id: library_uns(self._images, self._scalefactors, self._matrix)}}
 
     @property
     def size_hint(self) -> int | None:

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from stdask.io.base import EntryChunk, InputError, PointChunk, TableSource, register_source
+from stdask.io.text import coordinate_columns
 from stdask.io.visium import TenxH5Matrix
 
 __all__ = ["XeniumSource", "CELL_FILES", "EXPERIMENT_FILE", "MATRIX_FILE", "REQUIRED_CELL_COLUMNS",
@@ -167,14 +168,8 @@ class XeniumSource(TableSource):
         cells_path, cells = _read_cells(outs)
         self._matrix = TenxH5Matrix(outs / MATRIX_FILE, gex_only=True)
         self._check_barcodes(cells_path, cells["cell_id"])
-        coords = np.column_stack([pd.to_numeric(cells[c], errors="coerce").to_numpy(np.float64)
-                                  for c in ("x_centroid", "y_centroid")])
-        bad = ~np.isfinite(coords).all(1)
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise InputError(f"{cells_path}: cell {cells['cell_id'].iloc[i]!r} (row {i}): x_centroid, y_centroid = "
-                             f"{cells['x_centroid'].iloc[i]!r}, {cells['y_centroid'].iloc[i]!r}; expected numbers (um)")
-        self._coords = coords
+        self._coords = coordinate_columns(cells, ("x_centroid", "y_centroid"), cells["cell_id"].to_numpy(object),
+                                          cells_path)
         obs = cells.drop(columns=list(REQUIRED_CELL_COLUMNS))
         obs.index = pd.Index(cells["cell_id"].to_numpy(dtype=object), dtype=object)
         self._obs = obs
