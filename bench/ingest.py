@@ -1,11 +1,17 @@
-"""Ingest benchmark: a synthetic bin1 Stereo-seq GEM to bin50 and bin20 stores.
+"""Ingest benchmark: synthetic inputs of each large format streamed into stores.
 
-Prints one row per (input size, bin): wall time, records/s and the peak RSS of the ingesting process
-(measured in a child process per run with ``os.wait4``), plus the on-disk size of the store. Two input
-sizes show whether memory depends on input size. Also reports the compressed size of the gene-index array
-as int32 (what stdask writes) and as uint16, to back the choice recorded in ``stdask.store.csr``.
+``--format gem`` (default): a bin1 Stereo-seq GEM to bin50 and bin20 stores. Prints one row per (input size,
+bin): wall time, records/s and the peak RSS of the ingesting process (measured in a child process per run with
+``os.wait4``), plus the on-disk size of the store. Also reports the compressed size of the gene-index array as
+int32 (what stdask writes) and as uint16, to back the choice recorded in ``stdask.store.csr``.
 
-Usage: ``.venv/bin/python bench/ingest.py [--records 10000000 50000000] [--bins 50 20] [--workdir DIR]``
+``--format xenium``: a synthetic Xenium ``outs/`` (377 genes, ~200 transcripts per cell) ingested with every
+transcript kept as the points element (``points=True``), at each ``--cells`` size; the store's point count is
+checked against the file's. ``--format visium_hd``: a synthetic Visium HD slide read at 2 um, at each ``--hd-side``
+(bins per slide side; about half the bins are in tissue). Two sizes each show whether memory grows with the slice.
+
+Usage: ``.venv/bin/python bench/ingest.py [--format gem|xenium|visium_hd] [--records 1e7 5e7] [--bins 50 20]
+[--cells 250000 1000000] [--hd-side 1600 3200] [--workdir DIR]``
 """
 from __future__ import annotations
 
@@ -24,14 +30,17 @@ CHILD = r"""
 import sys, time, json
 import stdask
 t = time.perf_counter()
-stdask.ingest(sys.argv[1], sys.argv[2], bin_size=int(sys.argv[3]), overwrite=True, progress=False)
+stdask.ingest(sys.argv[1], sys.argv[2], overwrite=True, progress=False, **json.loads(sys.argv[3]))
 print(json.dumps({"seconds": time.perf_counter() - t}))
 """
 
 
-def run_child(gem: Path, store: Path, bin_size: int) -> tuple[float, float]:
+def run_child(source: Path, store: Path, bin_size: int | None = None, **options) -> tuple[float, float]:
     """(seconds, peak RSS GiB) of one ingest in a fresh process."""
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(gem), str(store), str(bin_size)],
+    import json
+
+    kwargs = json.dumps({"bin_size": bin_size, **options})
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(source), str(store), kwargs],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(proc.pid, 0)
     out, err = proc.stdout.read(), proc.stderr.read()
@@ -64,10 +73,69 @@ def index_compression(store: Path) -> tuple[int, int]:
     return out[0], out[1]
 
 
+def bench_xenium(work: Path, sizes: list[float]) -> None:
+    """Xenium outs/ with transcripts -> store with the points element, at each number of cells."""
+    import stdask
+    from stdask.datasets import write_xenium
+
+    rows = []
+    for n in (int(v) for v in sizes):
+        outs = work / f"xenium_{n}" / "outs"
+        info = write_xenium(outs, n_cells=n, n_genes=377, seed=0, zero_fraction=0.8, chunk_size=50_000)
+        print(f"wrote {outs}: {n:,} cells, {info['n_transcripts']:,} transcripts, {info['nnz']:,} matrix entries "
+              f"in {info['seconds']:.0f} s", flush=True)
+        store = work / f"xenium_{n}.zarr"
+        seconds, rss = run_child(outs, store, points=True)
+        ds = stdask.read(store)
+        assert ds.provenance["n_points"] == info["n_transcripts"], "points element lost transcripts"
+        assert ds.n_obs == n
+        records = info["n_transcripts"] + info["nnz"]
+        rows.append((n, info["n_transcripts"], seconds, records / seconds, rss, du(store) / 2**20))
+        print(f"  ingest: {seconds:.1f} s, peak RSS {rss:.2f} GiB", flush=True)
+        shutil.rmtree(outs.parent)
+        shutil.rmtree(store)
+    print()
+    print("| Xenium cells | transcripts (points kept) | wall s | records/s (transcripts + entries) | peak RSS GiB "
+          "| store MiB |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    for n, tx, s, rps, rss, mb in rows:
+        print(f"| {n:,} | {tx:,} | {s:.1f} | {rps:,.0f} | {rss:.2f} | {mb:.0f} |")
+
+
+def bench_visium_hd(work: Path, sides: list[float]) -> None:
+    """Visium HD run -> store of its in-tissue 2 um bins, at each slide side (bins)."""
+    import stdask
+    from stdask.datasets import write_visium_hd
+
+    rows = []
+    for side in (int(v) for v in sides):
+        run = work / f"hd_{side}"
+        info = write_visium_hd(run, n_rows=side, n_cols=side, n_genes=1000, seed=0, bin_sizes=(2,),
+                               tissue_fraction=0.49)
+        n_bins, nnz = info["n_bins"][2], info["nnz"][2]
+        print(f"wrote {run}: {info['n_positions'][2]:,} bins of 2 um, {n_bins:,} in tissue, {nnz:,} entries in "
+              f"{info['seconds']:.0f} s", flush=True)
+        store = work / f"hd_{side}.zarr"
+        seconds, rss = run_child(run, store, bin_size=2)
+        assert stdask.read(store).n_obs == n_bins
+        rows.append((info["n_positions"][2], n_bins, nnz, seconds, n_bins / seconds, rss, du(store) / 2**20))
+        print(f"  ingest: {seconds:.1f} s, peak RSS {rss:.2f} GiB", flush=True)
+        shutil.rmtree(run)
+        shutil.rmtree(store)
+    print()
+    print("| slide bins (2 um) | in-tissue bins | entries | wall s | bins/s | peak RSS GiB | store MiB |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for npos, n, nnz, s, bps, rss, mb in rows:
+        print(f"| {npos:,} | {n:,} | {nnz:,} | {s:.1f} | {bps:,.0f} | {rss:.2f} | {mb:.0f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--format", choices=("gem", "xenium", "visium_hd"), default="gem")
     ap.add_argument("--records", type=float, nargs="+", default=[1e7, 5e7])
     ap.add_argument("--bins", type=int, nargs="+", default=[50, 20])
+    ap.add_argument("--cells", type=float, nargs="+", default=[2.5e5, 1e6])
+    ap.add_argument("--hd-side", type=float, nargs="+", default=[1600, 3200])
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
@@ -75,6 +143,13 @@ def main() -> None:
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="stdask-bench-ingest-"))
     work.mkdir(parents=True, exist_ok=True)
+    if args.format != "gem":
+        try:
+            (bench_xenium(work, args.cells) if args.format == "xenium" else bench_visium_hd(work, args.hd_side))
+        finally:
+            if not args.keep:
+                shutil.rmtree(work, ignore_errors=True)
+        return
     rows = []
     try:
         for n in args.records:

@@ -514,7 +514,45 @@ def _storable(value: Any) -> Any:
     return RowBlocks(arr.shape, arr.dtype, sp.issparse(arr._meta), max(arr.chunks[0]), computed())
 
 
-def read(path: str | Path, rows_per_chunk: int = ROWS_PER_CHUNK, table: str = TABLE) -> SpatialDataset:
+def read(path: str | Path, rows_per_chunk: int = ROWS_PER_CHUNK, table: str = TABLE, *,
+         converted: str | Path | None = None, progress: bool = True) -> SpatialDataset:
     """Open a store lazily (metadata only); ``table`` names a further table of it
-    (:func:`stdask.store.tables.table_names`), opened with the main table's observations and tiles."""
+    (:func:`stdask.store.tables.table_names`), opened with the main table's observations and tiles.
+
+    A SpatialData zarr written by spatialdata or spatialdata-io (not a stdask store) is ingested first
+    (:class:`stdask.io.spatialdata_zarr.SpatialDataZarrSource`: its table and the element it annotates) into
+    ``converted``, by default ``<name>.stdask.zarr`` next to it, and that store is opened. A later ``read`` of the
+    same input reuses the converted store while it is newer than the input's metadata; the input is never changed.
+    """
+    from .io.spatialdata_zarr import is_spatialdata_zarr
+
+    path = Path(path)
+    if table == TABLE and is_spatialdata_zarr(path):
+        return SpatialDataset(_converted(path, converted, progress), rows_per_chunk=rows_per_chunk)
     return SpatialDataset(path, rows_per_chunk=rows_per_chunk, table=table)
+
+
+def _converted(source: Path, target: str | Path | None, progress: bool) -> Path:
+    """The stdask store ingested from the SpatialData zarr ``source`` (ingested now unless a current one exists)."""
+    import os
+
+    from .io.ingest import ingest
+
+    target = Path(target) if target is not None else source.with_name(source.name.removesuffix(".zarr")
+                                                                       + ".stdask.zarr")
+    newest = max((p.stat().st_mtime for p in source.rglob("*") if p.name in ("zarr.json", ".zattrs", ".zgroup")),
+                 default=0.0)
+    if (target / "zarr.json").is_file():
+        try:
+            reader = StoreReader(target)
+            same = reader.tile_index.provenance.get("source_path") == os.path.abspath(str(source))
+        except Exception:  # noqa: BLE001 -- not a readable stdask store: refused below as ingest would
+            same = False
+        if same and (target / "zarr.json").stat().st_mtime >= newest:
+            return target
+        if not same:
+            raise FileExistsError(f"{target} exists and was not converted from {source}; pass converted= another "
+                                  "path for the stdask store of this SpatialData zarr")
+    if progress:
+        print(f"{source} is a SpatialData zarr: converting it to the stdask store {target} (done once)")
+    return ingest(source, target, overwrite=(target / "zarr.json").is_file(), progress=progress)

@@ -280,3 +280,31 @@ def test_units_points_and_zarr_v2(tmp_path):
     np.testing.assert_allclose(src.coords, centre[rows] * SCALE)
     assert src.spot_diameter == pytest.approx(2 * np.median(radius) * SCALE)
     assert sum(int(c.value.sum()) for c in src.iter_entries()) == int(x.sum())
+
+
+def test_read_converts_a_spatialdata_zarr_once(circles_store, tmp_path):
+    """stdask.read of a SpatialData zarr ingests it into <name>.stdask.zarr next to it, then reuses that store."""
+    import os
+    import shutil
+
+    src = tmp_path / "circles.zarr"
+    shutil.copytree(circles_store[0], src)
+    ds = stdask.read(src, progress=False)
+    target = tmp_path / "circles.stdask.zarr"
+    assert ds.path == target and ds.n_obs == N_CELLS
+    assert ds.provenance["source_format"] == "spatialdata"
+    stamp = (target / "zarr.json").stat().st_mtime_ns
+    assert stdask.read(src, progress=False).path == target
+    assert (target / "zarr.json").stat().st_mtime_ns == stamp  # reused, not converted again
+    # the input changes (its table metadata is rewritten): converted again
+    meta = src / "tables" / "table" / "zarr.json"
+    later = (target / "zarr.json").stat().st_mtime + 10
+    os.utime(meta, (later, later))
+    assert stdask.read(src, progress=False).path == target
+    assert (target / "zarr.json").stat().st_mtime_ns != stamp
+    # a store converted from another input is never replaced
+    other = tmp_path / "other.zarr"
+    shutil.copytree(src, other)
+    with pytest.raises(FileExistsError, match="was not converted from"):
+        stdask.read(other, converted=target, progress=False)
+    assert stdask.read(target).n_obs == N_CELLS

@@ -46,6 +46,8 @@ CONTROL_TYPES = {
 }
 #: QV threshold of the cell-feature matrix (XOA counts transcripts with qv >= 20)
 QV_MIN = 20.0
+#: most rows in one row group of transcripts.parquet
+TX_ROW_GROUP = 1 << 20
 #: first transcript_id (XOA's ids are large uint64s)
 _TRANSCRIPT_ID0 = 281_608_120_700_000
 #: vertices of a cell polygon before the ring is closed (XOA writes 13 rows per cell: 12 + the first again)
@@ -101,6 +103,7 @@ def write_xenium(
     low_qv_fraction: float = 0.1,
     unassigned_fraction: float = 0.1,
     chunk_size: int | None = None,
+    zero_fraction: float = 0.9,
 ) -> dict[str, Any]:
     """Write a synthetic Xenium ``outs/`` folder whose gene counts come from :func:`synthetic_slice` (``"cells"``).
 
@@ -121,6 +124,9 @@ def write_xenium(
     chunk_size
         Cells per generated chunk. The expression does not depend on it; transcript positions, qv and control
         counts are drawn per chunk, so the same arguments give identical files.
+    zero_fraction
+        Fraction of zero (cell, gene) counts (:func:`synthetic_slice`); lower gives more transcripts per cell
+        (0.7 with 377 genes: about 200 transcripts per cell, a Xenium 5K-like density).
 
     Returns
     -------
@@ -139,7 +145,8 @@ def write_xenium(
     outs.mkdir(parents=True, exist_ok=True)
     # small panels: fewer markers per domain / cell type (11 groups), so tests can use a few dozen genes
     n_markers = max(1, min(10, (n_genes - 16) // 11))
-    slice_ = synthetic_slice(n_obs=n_cells, n_genes=n_genes, layout="cells", seed=seed, n_markers=n_markers)
+    slice_ = synthetic_slice(n_obs=n_cells, n_genes=n_genes, layout="cells", seed=seed, n_markers=n_markers,
+                             zero_fraction=zero_fraction)
     names, ids, types = _features(slice_.var, n_controls)
     n_features = len(names)
     # a seeded start keeps ids varied across seeds, still sorted like XOA's
@@ -177,7 +184,8 @@ def write_xenium(
                               unassigned_fraction)
             tx["transcript_id"] = np.arange(n_tx, n_tx + len(tx["qv"]), dtype=np.uint64) + np.uint64(_TRANSCRIPT_ID0)
             n_tx += len(tx["qv"])
-            tx_w.write_table(pa.table(tx, schema=_TRANSCRIPT_SCHEMA))
+            # row groups of at most 2^20 rows: a reader decodes a whole row group at a time
+            tx_w.write_table(pa.table(tx, schema=_TRANSCRIPT_SCHEMA), row_group_size=TX_ROW_GROUP)
     _write_experiment(outs / "experiment.xenium", n_cells, n_tx, n_genes)
     return dict(outs=str(outs), n_cells=n_cells, n_features=n_features, nnz=nnz, n_transcripts=n_tx,
                 seconds=time.perf_counter() - t0)
@@ -293,7 +301,8 @@ def _fov_names(x: np.ndarray, y: np.ndarray, fov_um: float = 240.0) -> np.ndarra
     """XOA field-of-view names: a row letter and a column number of a ``fov_um`` grid (e.g. 'B3')."""
     row = np.clip(y // fov_um, 0, 25).astype(np.int64)
     col = np.clip(x // fov_um, 0, None).astype(np.int64) + 1
-    return np.array([f"{chr(65 + r)}{c}" for r, c in zip(row, col)], dtype=object)
+    # vectorised (a Python loop per transcript dominated writing 10^8 of them)
+    return np.char.add(np.asarray([chr(65 + r) for r in range(26)])[row], col.astype(str)).astype(object)
 
 
 def _write_experiment(path: Path, n_cells: int, n_transcripts: int, n_genes: int) -> None:

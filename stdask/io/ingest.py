@@ -23,6 +23,9 @@ from ..store.writer import StoreBuilder
 from ..store.sdata_view import ShapeSpec
 from .base import InputError, Source, source_class
 
+#: most points read per chunk: a transcript row holds several strings (feature, cell id) as Python objects, about
+#: 300 bytes per point while a chunk is converted, so chunks of 2M points would cost ~0.6 GB alone
+POINTS_PER_CHUNK = 500_000
 #: default tile side in bins for square-bin stores (128 x 128 = 16,384 bins per full tile)
 BINS_PER_TILE_SIDE = 128
 MAX_BIN = 200
@@ -197,7 +200,7 @@ def _spill_points(src: Source, tiling: Tiling, spill_dir: Path, chunk_size: int,
     writer = PointsWriter(tiling, spill_dir)
     try:
         bar = progress_bar(total=None, desc=f"read {src.points_name}", unit="points", disable=not progress)
-        for chunk in src.iter_points(chunk_size):
+        for chunk in src.iter_points(min(chunk_size, POINTS_PER_CHUNK)):
             writer.add(chunk)
             bar.update(len(chunk))
         bar.close()
