@@ -23,7 +23,11 @@ from .csr import compressor
 from .encoding import IOSpec, read_element, register_read, register_write, spec_of
 from .format import IMAGES, StoreFormatError
 
+LABELS_DIR = "labels"
+
 RASTER = IOSpec("stdask-raster", 1)
+#: integer label images (``labels/<name>``: segmentation, domains), as SpatialData keeps labels
+LABELS = IOSpec("stdask-labels", 1)
 
 
 @dataclass
@@ -74,6 +78,39 @@ def read_raster_element(g: zarr.Group) -> RasterElement:
                          dict(g.attrs))
 
 
+@dataclass
+class LabelsElement:
+    """A label image as stored: ``values`` (H, W) int32 (0 = background) and the group's attributes (NGFF
+    ``multiscales`` + ``image-label`` metadata, and ``attrs["stdask"]`` whose ``tile`` sets the chunks)."""
+
+    values: Any
+    attrs: dict
+
+
+@register_write(LABELS, LabelsElement)
+def write_labels_element(parent: zarr.Group, key: str, r: LabelsElement) -> None:
+    H, W = r.values.shape
+    tile = int(r.attrs["stdask"]["tile"])
+    g = parent.create_group(key)
+    a = g.create_array("0", shape=(H, W), dtype=np.int32, chunks=(min(tile, H), min(tile, W)),
+                       compressors=[compressor()], dimension_names=["y", "x"])
+    a[:] = r.values
+    g.attrs.update(r.attrs)
+
+
+@register_read(LABELS)
+def read_labels_element(g: zarr.Group) -> LabelsElement:
+    """The element with lazy values (dask, one chunk per tile)."""
+    import dask.array as da
+
+    return LabelsElement(da.from_zarr(g["0"], chunks=g["0"].chunks), dict(g.attrs))
+
+
+def labels_group(store: Path) -> None:
+    """Make sure ``labels/`` exists as a zarr group of the store."""
+    zarr.open_group(str(Path(store) / LABELS_DIR), mode="a", zarr_format=3)
+
+
 def raster_names(store: Path) -> list[str]:
     """Names of the rasters stored in ``images/`` of the store at ``store``."""
     p = Path(store) / IMAGES
@@ -86,13 +123,20 @@ def raster_names(store: Path) -> list[str]:
 def open_raster(store: Path, name: str) -> RasterElement:
     """Open ``images/<name>`` lazily; a missing element is a ``KeyError``, an unknown version a
     :class:`~stdask.store.format.StoreFormatError` naming it."""
-    p = Path(store) / IMAGES / name
+    return open_element(store, IMAGES, name)
+
+
+def open_element(store: Path, folder: str, name: str) -> Any:
+    """Open the stdask raster or labels element ``<folder>/<name>`` lazily (``KeyError`` when missing)."""
+    p = Path(store) / folder / name
+    what = "raster" if folder == IMAGES else "labels"
     if not p.exists():
-        raise KeyError(f"{store}: no raster {name!r} (have {raster_names(store)})")
+        have = raster_names(store) if folder == IMAGES else sorted(d.name for d in p.parent.glob("*") if d.is_dir())
+        raise KeyError(f"{store}: no {what} {name!r} (have {have})")
     g = zarr.open_group(str(p), mode="r", zarr_format=3)
     if not isinstance(dict(g.attrs).get("stdask"), dict):
-        raise StoreFormatError(f"{p}: not a stdask raster (no 'stdask' attributes)")
-    return read_element(g, f"raster {name!r} ({p})")
+        raise StoreFormatError(f"{p}: not a stdask {what} element (no 'stdask' attributes)")
+    return read_element(g, f"{what} {name!r} ({p})")
 
 
 def images_group(store: Path) -> None:
@@ -101,4 +145,4 @@ def images_group(store: Path) -> None:
 
 
 __all__ = ["RASTER", "RasterElement", "write_raster_element", "read_raster_element", "raster_names",
-           "open_raster", "images_group"]
+           "open_raster", "open_element", "images_group", "LABELS", "LABELS_DIR", "LabelsElement", "labels_group"]
