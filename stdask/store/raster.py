@@ -54,17 +54,21 @@ class RasterElement:
         return self.attrs["stdask"]
 
 
+def _tiled(g: zarr.Group, name: str, values, dtype, tile: int, dims: list[str]) -> None:
+    """Write ``values`` as array ``name`` of ``g``, chunked ``tile`` x ``tile`` over its last two (y, x) axes."""
+    shape = tuple(values.shape)
+    chunks = shape[:-2] + (min(tile, shape[-2]), min(tile, shape[-1]))
+    a = g.create_array(name, shape=shape, dtype=dtype, chunks=chunks, compressors=[compressor()],
+                       dimension_names=dims)
+    a[:] = values
+
+
 @register_write(RASTER, RasterElement)
 def write_raster_element(parent: zarr.Group, key: str, r: RasterElement) -> None:
-    C, H, W = r.values.shape
     tile = int(r.meta["tile"])
     g = parent.create_group(key)
-    a = g.create_array("0", shape=(C, H, W), dtype=np.float32, chunks=(C, min(tile, H), min(tile, W)),
-                       compressors=[compressor()], dimension_names=["c", "y", "x"])
-    a[:] = r.values
-    k = g.create_array("count", shape=(H, W), dtype=np.int32, chunks=(min(tile, H), min(tile, W)),
-                       compressors=[compressor()], dimension_names=["y", "x"])
-    k[:] = r.count
+    _tiled(g, "0", r.values, np.float32, tile, ["c", "y", "x"])
+    _tiled(g, "count", r.count, np.int32, tile, ["y", "x"])
     g.attrs.update(r.attrs)
 
 
@@ -89,12 +93,8 @@ class LabelsElement:
 
 @register_write(LABELS, LabelsElement)
 def write_labels_element(parent: zarr.Group, key: str, r: LabelsElement) -> None:
-    H, W = r.values.shape
-    tile = int(r.attrs["stdask"]["tile"])
     g = parent.create_group(key)
-    a = g.create_array("0", shape=(H, W), dtype=np.int32, chunks=(min(tile, H), min(tile, W)),
-                       compressors=[compressor()], dimension_names=["y", "x"])
-    a[:] = r.values
+    _tiled(g, "0", r.values, np.int32, int(r.attrs["stdask"]["tile"]), ["y", "x"])
     g.attrs.update(r.attrs)
 
 
