@@ -25,10 +25,10 @@ from .dataset import SpatialDataset, read, register_exporter
 from .io.ingest import ingest
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time they are bound lazily by __getattr__
-    from . import cluster, datasets, gr, io, models, pl, pp, report, tl  # noqa: F401
+    from . import cluster, datasets, gr, io, models, pl, pp, raster, report, tl  # noqa: F401
 
 #: subpackages bound as attributes on first access (PEP 562)
-_NAMESPACES = ("pp", "gr", "tl", "pl", "io", "datasets", "report", "models", "cluster")
+_NAMESPACES = ("pp", "gr", "tl", "pl", "io", "datasets", "report", "models", "cluster", "raster")
 
 # exporters of stored results into other tools' layouts on ``ds.to_anndata()``, registered here (the one place
 # that knows every layer) rather than as a side effect of importing the analysis that made them
