@@ -203,6 +203,7 @@ def _spill_points(src: Source, tiling: Tiling, spill_dir: Path, chunk_size: int,
         for chunk in src.iter_points(min(chunk_size, POINTS_PER_CHUNK)):
             writer.add(chunk)
             bar.update(len(chunk))
+        writer.flush()  # what is still buffered goes to disk before the matrix is written
         bar.close()
     except BaseException:
         writer.close()

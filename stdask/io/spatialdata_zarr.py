@@ -30,6 +30,7 @@ import pandas as pd
 from stdask.io.base import COUNT_MAX, EntryChunk, InputError, TableSource, make_unique, register_source
 from stdask.io.h5ad import H5adSource, _H5Matrix
 from stdask.io.visium import VISIUM_SPOT_UM
+from stdask.io.parquet import iter_parquet
 from stdask.store.foreign import open_foreign_group
 
 __all__ = ["SpatialDataZarrSource", "is_spatialdata_zarr", "MICROMETRE_UNITS"]
@@ -128,7 +129,7 @@ def _read_geometry(folder: Path) -> _Geometry:
     names = pf.schema_arrow.names
     columns = [column] + [c for c in ("radius",) if c in names] + ([index_col] if index_col else [])
     xys, radii, areas, ids = [], [], [], []
-    for batch in pf.iter_batches(batch_size=SHAPES_BATCH, columns=columns):
+    for batch in iter_parquet(parquet, SHAPES_BATCH, columns):
         xy, area = _geometry_of(shapely.from_wkb(batch.column(column).to_numpy(zero_copy_only=False)))
         xys.append(xy)
         areas.append(area)

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from stdask.io.base import EntryChunk, InputError, TableSource, register_source
+from stdask.io.parquet import iter_parquet
 from stdask.io.visium import HD_BIN_FOLDER as BIN_FOLDER  # Visium's detect must know it: defined there
 from stdask.io.visium import (POSITION_COLUMNS, TenxH5Matrix, default_library_id, library_uns, read_images,
                               read_scalefactors)
@@ -315,7 +316,7 @@ def _match_positions(positions: Path, matrix_path: Path, bin_size: int,
         raise InputError(f"{positions}: no column(s) {', '.join(missing)}; columns found: "
                          f"{', '.join(pf.schema_arrow.names)}")
     start = 0
-    for batch in pf.iter_batches(batch_size=batch_rows, columns=POSITION_COLUMNS):
+    for batch in iter_parquet(positions, batch_rows, POSITION_COLUMNS):
         text = batch.column("barcode")
         ok, size, bkeys = parse_bin_barcodes(text)
         _check_barcodes(positions, "row", start, text, ok, size, bin_size)

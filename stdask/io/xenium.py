@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from stdask.io.base import EntryChunk, InputError, PointChunk, TableSource, register_source
+from stdask.io.parquet import iter_parquet
 from stdask.io.text import coordinate_columns
 from stdask.io.visium import TenxH5Matrix
 
@@ -255,16 +256,13 @@ class XeniumSource(TableSource):
             integer ids as text), ``overlaps_nucleus`` (uint8), ``z_location``, ``qv``, ``nucleus_distance``
             (float32), ``codeword_index`` (int32), ``is_gene`` (bool) the file has.
         """
-        import pyarrow.parquet as pq
-
         path = self._outs / TRANSCRIPTS_FILE
         if not path.is_file():
             raise TypeError(f"{self._outs}: no {TRANSCRIPTS_FILE}, so no molecule-level points")
         names = transcript_columns(path)
         keep = [c for c in _POINT_COLUMNS if c in names]
         offset = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_size,
-                                                       columns=list(REQUIRED_TRANSCRIPT_COLUMNS) + keep):
+        for batch in iter_parquet(path, chunk_size, list(REQUIRED_TRANSCRIPT_COLUMNS) + keep):
             columns = {c: (arrow_strings(batch.column(c)) if _POINT_COLUMNS[c] is str
                            else _numbers(batch, c, _POINT_COLUMNS[c], path, offset)) for c in keep}
             yield PointChunk(_numbers(batch, "x_location", np.float64, path, offset),

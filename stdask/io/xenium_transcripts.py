@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from stdask.io.base import InputError, RecordChunk, Source, register_source
+from stdask.io.parquet import iter_parquet
 from stdask.io.xenium import TRANSCRIPTS_FILE, XeniumSource, arrow_strings, transcript_columns
 
 __all__ = ["XeniumTranscriptsSource", "QV_MIN"]
@@ -130,15 +131,13 @@ class XeniumTranscriptsSource(Source):
             ``x``, ``y`` (n,) int64 grid positions (``pitch_um`` um steps); ``gene`` (n,) int32 row of
             :attr:`var`; ``count`` (n,) uint32 ones; ``cell`` (n,) int64 (0 = no cell).
         """
-        import pyarrow.parquet as pq
-
         genes = self.var.index
         columns = ["x_location", "y_location", "feature_name", "cell_id"] + \
             [c for c in ("qv", "is_gene") if c in self._names]
         if "cell_id" not in self._names:
             raise InputError(f"{self._file}: no column cell_id; columns found: {', '.join(self._names)}")
         offset = 0
-        for batch in pq.ParquetFile(self._file).iter_batches(batch_size=chunk_size, columns=columns):
+        for batch in iter_parquet(self._file, chunk_size, columns):
             gene = _lookup(batch.column("feature_name"), genes)
             keep = gene >= 0  # a control probe or codeword is in no row of var
             if "is_gene" in columns:

@@ -164,6 +164,11 @@ class PointsWriter:
         self._spill.add(self._keys(x, y), x=x, y=y, feature=self._feature_codes(chunk.feature), **arrays)
         self.n_points += n
 
+    def flush(self) -> None:
+        """Spill the points still buffered in memory (after the last :meth:`add`, before other work)."""
+        if self._spill is not None:
+            self._spill.flush()
+
     # --- writing --------------------------------------------------------------------------------
     def _schema(self) -> pa.Schema:
         fields = [pa.field("x", pa.float64()), pa.field("y", pa.float64()),
@@ -201,16 +206,17 @@ class PointsWriter:
             return head
 
         for key in self._spill.nonempty_tiles().tolist():
-            group = self._spill.tile(key)
             if key >= n_tiles and not outside:
                 outside = True
                 if rows:
                     yield cut(rows)
-            group["tile"] = np.full(len(group["x"]), key if key < n_tiles else -1, np.int32)
-            pending.append(group)
-            rows += len(group["x"])
-            while rows >= self.rows_per_part:
-                yield cut(self.rows_per_part)
+            # a tile is read in pieces: a crowded tile (10^6-10^7 transcripts) never sits in memory whole
+            for group in self._spill.tile_pieces(key, self.rows_per_part):
+                group["tile"] = np.full(len(group["x"]), key if key < n_tiles else -1, np.int32)
+                pending.append(group)
+                rows += len(group["x"])
+                while rows >= self.rows_per_part:
+                    yield cut(self.rows_per_part)
         if rows:
             yield cut(rows)
 

@@ -55,6 +55,10 @@ class TileSpill:
         if self._buffered >= self.run_entries:
             self._write_run()
 
+    def flush(self) -> None:
+        """Write the buffered entries as a run now (frees their memory)."""
+        self._write_run()
+
     @property
     def n_occupied(self) -> int:
         """Tiles holding an entry among the runs written so far (buffered entries are not yet counted)."""
@@ -100,6 +104,24 @@ class TileSpill:
         for f in self.fields:
             out[f] = np.concatenate(parts[f]) if parts[f] else None
         return out
+
+    def tile_pieces(self, t: int, max_rows: int) -> Iterator[dict[str, np.ndarray]]:
+        """The entries of tile ``t`` as :meth:`tile` gives them (arrival order), in pieces of at most ``max_rows``:
+        memory is bounded by the piece, not by the tile."""
+        self._write_run()
+        for maps, ids, off in self.runs:
+            i = int(np.searchsorted(ids, t))
+            if i == len(ids) or ids[i] != t:
+                continue
+            for a in range(int(off[i]), int(off[i + 1]), max_rows):
+                n = min(max_rows, int(off[i + 1]) - a)
+                piece = {}
+                for f in self.fields:
+                    path, dtype = maps[f]
+                    with open(path, "rb") as fh:  # plain reads: see tile()
+                        fh.seek(a * dtype.itemsize)
+                        piece[f] = np.fromfile(fh, dtype=dtype, count=n)
+                yield piece
 
     def nonempty_tiles(self) -> np.ndarray:
         """Sorted ids of the tiles holding an entry."""
