@@ -202,3 +202,27 @@ def test_points_refused_without_transcripts(tmp_path, visium_store):
     with pytest.raises(ValueError, match="no molecule-level points"):
         stdask.ingest(tmp_path / "outs", tmp_path / "v.zarr", points=True, progress=False)
     assert not (tmp_path / "v.zarr").exists()
+
+
+def test_visium_images_in_the_global_frame(tmp_path):
+    """The tissue images become images elements whose 'global' frame is the spots': a spot's image pixel maps to
+    the spot's centre in um."""
+    s = synthetic_slice(n_obs=120, n_genes=40, layout="visium", seed=4, n_markers=2)
+    write_visium(s, tmp_path / "outs", um_per_pixel=UM_PER_PIXEL, images=True)
+    store = stdask.ingest(tmp_path / "outs", tmp_path / "v.zarr", progress=False)
+    sdata = spatialdata.read_zarr(store)
+    assert sorted(sdata.images) == ["synthetic_hires_image", "synthetic_lowres_image"]
+    ds = stdask.read(store)
+    lib = ds.to_anndata().uns["spatial"]["synthetic"]
+    for quality in ("hires", "lowres"):
+        image = sdata.images[f"synthetic_{quality}_image"]
+        assert image.shape[0] == 3 and max(image.shape[1:]) == (2000 if quality == "hires" else 600)
+        m = get_transformation(image, "global").to_affine_matrix(("x", "y"), ("x", "y"))
+        scalef = lib["scalefactors"][f"tissue_{quality}_scalef"]
+        pix = np.vstack([ds.coords[:, 0] * scalef, ds.coords[:, 1] * scalef, np.ones(ds.n_obs)])
+        np.testing.assert_allclose((m @ pix)[:2].T, ds.coords * UM_PER_PIXEL, rtol=1e-9)
+        # the picture shows tissue at the spots: pink (green channel < 0.6) at each spot's pixel
+        img = np.asarray(image)
+        r = np.clip(pix[1].astype(int), 0, img.shape[1] - 1)
+        c = np.clip(pix[0].astype(int), 0, img.shape[2] - 1)
+        assert (img[1, r, c] < 0.6).all()

@@ -161,8 +161,9 @@ def write_visium(
     chunk_size: int | None = None,
     um_per_pixel: float = VISIUM_UM_PER_PIXEL,
     n_border_spots: int | None = None,
+    images: bool = False,
 ) -> dict[str, Any]:
-    """Write a Space Ranger ``outs/`` folder of a ``"visium"`` slice (no images).
+    """Write a Space Ranger ``outs/`` folder of a ``"visium"`` slice (tissue images only with ``images=True``).
 
     Files
     -----
@@ -194,6 +195,8 @@ def write_visium(
         Full-resolution pixel size.
     n_border_spots
         Off-tissue spots to list (default: complete the last lattice row plus one row).
+    images
+        Also write ``spatial/tissue_{hires,lowres}_image.png`` (2,000 and 600 px): pink spots on white.
 
     Returns
     -------
@@ -264,7 +267,30 @@ def write_visium(
         "tissue_lowres_scalef": 600.0 / long_side,
     }
     (outs / "spatial" / "scalefactors_json.json").write_text(json.dumps(scalefactors, indent=2))
+    if images:
+        _write_images(outs / "spatial", slice_, scalefactors, um_per_pixel)
     return dict(outs=str(outs), nnz=nnz, seconds=time.perf_counter() - t0)
+
+
+def _write_images(spatial: Path, slice_, scalefactors: dict[str, float], um_per_pixel: float) -> None:
+    """``tissue_{hires,lowres}_image.png``: an H&E-like RGB picture, tissue pink where spots are, white elsewhere;
+    image pixel ``p`` of quality ``q`` shows full-resolution pixel ``p / tissue_<q>_scalef``."""
+    from matplotlib.image import imsave
+
+    geo = slice_.geometry
+    x, y = geo.nominal_xy(np.arange(slice_.n_obs, dtype=np.int64))
+    for quality, size in (("hires", 2000), ("lowres", 600)):
+        s = scalefactors[f"tissue_{quality}_scalef"]
+        h = w = size
+        img = np.ones((h, w, 3), np.float32)
+        col = np.clip((x / um_per_pixel * s).astype(np.int64), 0, w - 1)
+        row = np.clip((y / um_per_pixel * s).astype(np.int64), 0, h - 1)
+        r = max(1, int(round(scalefactors["spot_diameter_fullres"] * s / 2)))
+        for dr in range(-r, r + 1):  # a disc of the spot's size, drawn by offsets (r is a few pixels)
+            for dc in range(-r, r + 1):
+                if dr * dr + dc * dc <= r * r:
+                    img[np.clip(row + dr, 0, h - 1), np.clip(col + dc, 0, w - 1)] = (0.85, 0.45, 0.65)
+        imsave(spatial / f"tissue_{quality}_image.png", img)
 
 
 def _write_positions(fh, geo, barcodes, in_tissue, index, x, y, um_per_pixel) -> None:

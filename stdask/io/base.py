@@ -197,6 +197,12 @@ class Source(ABC):
         """Stream DNB records (``kind == "records"``)."""
         raise TypeError(f"{self.format_name} streams matrix entries, not DNB records")
 
+    @property
+    def images(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Images the input holds (H&E / DAPI), written as the store's ``images/<name>``: name ->
+        ((C, H, W) float32 pixels in [0, 1], (3, 3) affine from image pixel (y, x) to store units)."""
+        return {}
+
     # --- molecule-level points (optional) ------------------------------------------------------------
     @property
     def points_name(self) -> str | None:

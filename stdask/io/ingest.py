@@ -20,6 +20,7 @@ from ..store.spill import ChunkSpill, TileSpill, csr_from_entries
 from ..store.tiling import (Tiling, check_bin_grid, check_coordinates, check_tile_count, check_tile_size, default_tile_size,
                             sort_order)
 from ..store.writer import StoreBuilder
+from ..store.raster import write_source_image
 from ..store.sdata_view import ShapeSpec
 from .base import InputError, Source, source_class
 
@@ -182,6 +183,8 @@ def _ingest_obs(src: Source, store: Path, tile_size, overwrite, chunk_size, spil
             obsm = {k: np.asarray(v)[perm] for k, v in src.obsm.items()}
             if point_spill is not None:
                 prov["n_points"] = _write_points(b, point_spill, src)
+            for name, (image, affine) in src.images.items():
+                write_source_image(b.root, name, image, affine, src.unit, src.microns_per_unit)
             b.finish(obs.iloc[perm], coords[perm], unit=src.unit, spot_diameter=src.spot_diameter, obsm=obsm,
                      uns=src.uns, provenance=prov, shapes=ShapeSpec(src.shapes_name, "circle", src.spot_diameter),
                      microns_per_unit=src.microns_per_unit)

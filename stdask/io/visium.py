@@ -27,7 +27,7 @@ from stdask.io.hdf5 import decode_strings, open_hdf5, pointer_ranges
 from stdask.io.mtx import GEX, TenxMatrix, TenxMtxMatrix
 from stdask.io.text import first_duplicate, rows_for_barcodes
 
-__all__ = ["VisiumSource", "TenxH5Matrix", "read_positions", "read_scalefactors", "read_images", "library_uns",
+__all__ = ["VisiumSource", "TenxH5Matrix", "read_positions", "read_scalefactors", "read_images", "store_images", "library_uns",
            "default_library_id", "POSITION_COLUMNS"]
 
 #: diameter of a Visium (v1/v2/CytAssist 6.5 mm) capture spot, um
@@ -166,6 +166,20 @@ def read_images(folders: list[Path]) -> dict[str, np.ndarray]:
 
             images[quality] = np.asarray(imread(img), dtype=np.float32)
     return images
+
+
+def store_images(images: dict[str, np.ndarray], scalefactors: dict[str, float],
+                 library_id: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The ``tissue_<quality>_image.png`` images as :attr:`Source.images`: ``<library_id>_<quality>_image`` ->
+    ((C, H, W) float32, the (3, 3) scale ``1 / tissue_<quality>_scalef`` from image pixels to full-resolution
+    pixels, the store's unit); an image without its scale factor is left out."""
+    out = {}
+    for quality, img in images.items():
+        scale = scalefactors.get(f"tissue_{quality}_scalef")
+        if scale:
+            chw = np.moveaxis(np.asarray(img, np.float32)[..., :3], -1, 0) if img.ndim == 3 else img[None]
+            out[f"{library_id}_{quality}_image"] = (np.ascontiguousarray(chw), np.diag([1 / scale, 1 / scale, 1.0]))
+    return out
 
 
 def default_library_id(matrix: TenxMatrix, outs: Path) -> str:
@@ -311,6 +325,11 @@ class VisiumSource(TableSource):
     @property
     def uns(self) -> dict:
         return {"spatial": {self.library_id: library_uns(self._images, self._scalefactors, self._matrix)}}
+
+    @property
+    def images(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """The hires / lowres tissue images, scaled to full-resolution pixels (:func:`store_images`)."""
+        return store_images(self._images, self._scalefactors, self.library_id)
 
     @property
     def size_hint(self) -> int | None:

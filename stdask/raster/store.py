@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..store.format import IMAGES
-from ..store.raster import RASTER, RasterElement, images_group, open_raster
+from ..store.raster import RASTER, RasterElement, images_group, ngff_image_attrs, open_raster
 from ..store.raster import raster_names as stored_raster_names
 from ..store.reader import StoreReader, open_root
 from ..store.update import write_elements
@@ -51,30 +51,6 @@ def pixel_affine(row: np.ndarray, col: np.ndarray, coords: np.ndarray) -> np.nda
     A = np.eye(3)
     A[:2, :] = sol.T
     return A
-
-
-def _ngff_attrs(name: str, affine: np.ndarray | None, channels: list[str], unit: str,
-                microns_per_unit: float | None = None) -> dict:
-    axes = [{"name": "c", "type": "channel"}, {"name": "y", "type": "space", "unit": unit or "unit"},
-            {"name": "x", "type": "space", "unit": unit or "unit"}]
-    if microns_per_unit and microns_per_unit != 1.0:
-        # 'global' is in micrometres, as the shapes element's (stdask.store.sdata_view): pixel -> store units -> um
-        affine = np.diag([microns_per_unit, microns_per_unit, 1.0]) @ (np.eye(3) if affine is None else affine)
-    if affine is None:
-        tr = {"type": "identity"}
-    else:
-        m = [[1.0, 0.0, 0.0, 0.0],
-             [0.0, float(affine[0, 0]), float(affine[0, 1]), float(affine[0, 2])],
-             [0.0, float(affine[1, 0]), float(affine[1, 1]), float(affine[1, 2])]]
-        tr = {"type": "affine", "affine": m}
-    tr["input"] = {"name": name, "axes": axes}
-    tr["output"] = {"name": "global", "axes": axes}
-    ms = {"axes": axes, "name": name, "version": "0.5-dev-spatialdata",
-          "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0, 1.0]}]}],
-          "coordinateTransformations": [tr]}
-    return {"ome": {"version": "0.5-dev-spatialdata", "multiscales": [ms],
-                    "omero": {"channels": [{"label": c} for c in channels]}},
-            "spatialdata_attrs": {"version": "0.3"}}
 
 
 def write_raster(target, name: str, image: np.ndarray, count: np.ndarray | None = None, *,
@@ -127,7 +103,7 @@ def write_raster(target, name: str, image: np.ndarray, count: np.ndarray | None 
         unit = getattr(target, "unit", "") or ""
     open_root(root_path)  # refuse anything but a committed stdask store
     mpu = getattr(target, "microns_per_unit", None) if hasattr(target, "path") else StoreReader(root_path).microns_per_unit
-    meta = _ngff_attrs(name, affine, channels, unit, mpu)
+    meta = ngff_image_attrs(name, affine, channels, unit, mpu)
     meta["stdask"] = {"encoding": RASTER_ENCODING, "version": RASTER_VERSION, "tile": tile,
                       "channels": channels, "grid": grid or {}, "unit": unit,
                       "affine": None if affine is None else np.asarray(affine, float).tolist(),

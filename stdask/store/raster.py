@@ -54,6 +54,32 @@ class RasterElement:
         return self.attrs["stdask"]
 
 
+def ngff_image_attrs(name: str, affine: np.ndarray | None, channels: list[str], unit: str,
+                     microns_per_unit: float | None = None) -> dict:
+    """NGFF multiscales metadata of a (c, y, x) image as SpatialData writes it (one level): ``affine`` (3, 3) maps
+    pixel (y, x) to store units, ``microns_per_unit`` then to the ``global`` coordinate system (um)."""
+    axes = [{"name": "c", "type": "channel"}, {"name": "y", "type": "space", "unit": unit or "unit"},
+            {"name": "x", "type": "space", "unit": unit or "unit"}]
+    if microns_per_unit and microns_per_unit != 1.0:
+        # 'global' is in micrometres, as the shapes element's (stdask.store.sdata_view): pixel -> store units -> um
+        affine = np.diag([microns_per_unit, microns_per_unit, 1.0]) @ (np.eye(3) if affine is None else affine)
+    if affine is None:
+        tr = {"type": "identity"}
+    else:
+        m = [[1.0, 0.0, 0.0, 0.0],
+             [0.0, float(affine[0, 0]), float(affine[0, 1]), float(affine[0, 2])],
+             [0.0, float(affine[1, 0]), float(affine[1, 1]), float(affine[1, 2])]]
+        tr = {"type": "affine", "affine": m}
+    tr["input"] = {"name": name, "axes": axes}
+    tr["output"] = {"name": "global", "axes": axes}
+    ms = {"axes": axes, "name": name, "version": "0.5-dev-spatialdata",
+          "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0, 1.0]}]}],
+          "coordinateTransformations": [tr]}
+    return {"ome": {"version": "0.5-dev-spatialdata", "multiscales": [ms],
+                    "omero": {"channels": [{"label": c} for c in channels]}},
+            "spatialdata_attrs": {"version": "0.3"}}
+
+
 def _tiled(g: zarr.Group, name: str, values, dtype, tile: int, dims: list[str]) -> None:
     """Write ``values`` as array ``name`` of ``g``, chunked ``tile`` x ``tile`` over its last two (y, x) axes."""
     shape = tuple(values.shape)
@@ -144,5 +170,29 @@ def images_group(store: Path) -> None:
     zarr.open_group(str(Path(store) / IMAGES), mode="a", zarr_format=3)
 
 
-__all__ = ["RASTER", "RasterElement", "write_raster_element", "read_raster_element", "raster_names",
+__all__ = ["ngff_image_attrs", "write_source_image", "RASTER", "RasterElement", "write_raster_element", "read_raster_element", "raster_names",
            "open_raster", "open_element", "images_group", "LABELS", "LABELS_DIR", "LabelsElement", "labels_group"]
+
+
+def write_source_image(root: zarr.Group, name: str, image: np.ndarray, affine: np.ndarray, unit: str,
+                       microns_per_unit: float | None, tile: int = 512) -> None:
+    """Write an input's image (Visium H&E) as ``images/<name>`` of a store being built (a raster whose every pixel
+    counts one observation), in the ``global`` coordinate system of its shapes.
+
+    Parameters
+    ----------
+    root
+        The store's root group.
+    image
+        (C, H, W) float32 in [0, 1].
+    affine
+        (3, 3) image pixel (y, x) -> store units.
+    """
+    C = image.shape[0]
+    channels = ["r", "g", "b", "a"][:C] if C <= 4 else [f"c{i}" for i in range(C)]
+    attrs = ngff_image_attrs(name, affine, channels, unit, microns_per_unit)
+    attrs["stdask"] = {"encoding": RASTER.encoding, "version": RASTER.version, "tile": int(tile),
+                       "channels": channels, "grid": {}, "unit": unit,
+                       "affine": np.asarray(affine, float).tolist(), "extra": {"source_image": True}}
+    count = np.ones(image.shape[1:], np.int32)
+    write_raster_element(root.require_group(IMAGES), name, RasterElement(image.astype(np.float32), count, attrs))
