@@ -308,3 +308,15 @@ def test_read_converts_a_spatialdata_zarr_once(circles_store, tmp_path):
     with pytest.raises(FileExistsError, match="was not converted from"):
         stdask.read(other, converted=target, progress=False)
     assert stdask.read(target).n_obs == N_CELLS
+
+
+def test_cli_ingest_with_table_options(circles_store, tmp_path, capsys):
+    from stdask.cli import main as cli
+
+    path = circles_store[0]
+    assert cli(["ingest", str(path), str(tmp_path / "c.zarr"), "--table", "table",
+                "--coordinate-system", "global"]) == 0
+    ds = stdask.read(tmp_path / "c.zarr")
+    assert ds.n_obs == N_CELLS and ds.provenance["source_format"] == "spatialdata"
+    assert cli(["ingest", str(path), str(tmp_path / "d.zarr"), "--table", "nope"]) != 0
+    assert "nope" in capsys.readouterr().err and not (tmp_path / "d.zarr").exists()

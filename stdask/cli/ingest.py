@@ -23,6 +23,11 @@ def add_parser(sub, parents: list[argparse.ArgumentParser]) -> argparse.Argument
     pi.add_argument("--chunk-size", type=int, default=2_000_000, help="records per streamed chunk")
     pi.add_argument("--pixel-size", type=float, help="um per pixel for cell_locations.tsv (MTX input)")
     pi.add_argument("--spot-diameter", type=float, help="spot/cell diameter in store units")
+    sd = pi.add_argument_group("SpatialData zarr input")
+    sd.add_argument("--table", help="which table (default: the only one, or 'table')")
+    sd.add_argument("--region", help="the element to take when the table annotates several")
+    sd.add_argument("--coordinate-system", help="coordinate system of the positions (default: 'global')")
+    sd.add_argument("--layer", help="matrix of raw counts (default: X if whole counts, else layers['counts'])")
     pi.add_argument("--points", action="store_true",
                     help="keep the transcripts (Xenium, CosMx, MERSCOPE) as the store's points element, by tile")
     pi.add_argument("--overwrite", action="store_true", help="replace an existing store (only a stdask store, never the input)")
@@ -38,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
         options["pixel_size"] = args.pixel_size
     if args.spot_diameter is not None:
         options["spot_diameter"] = args.spot_diameter
+    for name in ("table", "region", "coordinate_system", "layer"):  # SpatialData zarr options, when given
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
     path = ingest(args.input, args.store, format=args.format, bin_size=args.bin, cellbin=args.cellbin,
                   tile_size=args.tile_size, overwrite=args.overwrite, chunk_size=args.chunk_size,
                   points=args.points, **options)
