@@ -226,3 +226,20 @@ def test_visium_images_in_the_global_frame(tmp_path):
         r = np.clip(pix[1].astype(int), 0, img.shape[1] - 1)
         c = np.clip(pix[0].astype(int), 0, img.shape[2] - 1)
         assert (img[1, r, c] < 0.6).all()
+
+
+def test_xenium_cell_polygons_annotated(xenium_store, tmp_path):
+    """shapes='polygons': the table annotates the cells' segmentation polygons, each holding its cell's centroid."""
+    import shapely
+
+    outs, _ = xenium_store
+    store = stdask.ingest(outs, tmp_path / "poly.zarr", shapes="polygons", progress=False, tile_size=60.0)
+    sdata, table, element, attrs = check_annotation(store)
+    assert attrs["region"] == "cell_boundaries" and list(sdata.shapes) == ["cell_boundaries"]
+    assert set(element.geom_type) == {"Polygon"}
+    ds = stdask.read(store)
+    rows = element.loc[table.obs[attrs["instance_key"]].to_numpy()]
+    assert shapely.contains_xy(rows.geometry.to_numpy(), ds.coords[:, 0], ds.coords[:, 1]).all()
+    assert ds.verify().ok
+    with pytest.raises(ValueError, match="polygons"):
+        stdask.ingest(outs, tmp_path / "bad.zarr", shapes="hexagons", progress=False)

@@ -28,6 +28,9 @@ def add_parser(sub, parents: list[argparse.ArgumentParser]) -> argparse.Argument
     sd.add_argument("--region", help="the element to take when the table annotates several")
     sd.add_argument("--coordinate-system", help="coordinate system of the positions (default: 'global')")
     sd.add_argument("--layer", help="matrix of raw counts (default: X if whole counts, else layers['counts'])")
+    pi.add_argument("--shapes", choices=("polygons",),
+                    help="the cells' segmentation polygons (Xenium cell_boundaries.parquet) as the shapes element, "
+                         "instead of circles")
     pi.add_argument("--points", action="store_true",
                     help="keep the transcripts (Xenium, CosMx, MERSCOPE) as the store's points element, by tile")
     pi.add_argument("--overwrite", action="store_true", help="replace an existing store (only a stdask store, never the input)")
@@ -48,6 +51,6 @@ def run(args: argparse.Namespace) -> int:
             options[name] = getattr(args, name)
     path = ingest(args.input, args.store, format=args.format, bin_size=args.bin, cellbin=args.cellbin,
                   tile_size=args.tile_size, overwrite=args.overwrite, chunk_size=args.chunk_size,
-                  points=args.points, **options)
+                  points=args.points, shapes=args.shapes, **options)
     print(f"wrote {path}")
     return 0

@@ -21,12 +21,15 @@ from ..store.tiling import (Tiling, check_bin_grid, check_coordinates, check_til
                             sort_order)
 from ..store.writer import StoreBuilder
 from ..store.raster import write_source_image
-from ..store.sdata_view import ShapeSpec
+from ..store.polygons import PolygonError, write_polygons
+from ..store.sdata_view import ShapeSpec, annotate_table
 from .base import InputError, Source, source_class
 
 #: most points read per chunk: a transcript row holds several strings (feature, cell id) as Python objects, about
 #: 300 bytes per point while a chunk is converted, so chunks of 2M points would cost ~0.6 GB alone
 POINTS_PER_CHUNK = 500_000
+#: shapes element of the cells' segmentation polygons (``ingest(..., shapes="polygons")``)
+POLYGONS_NAME = "cell_boundaries"
 #: default tile side in bins for square-bin stores (128 x 128 = 16,384 bins per full tile)
 BINS_PER_TILE_SIDE = 128
 MAX_BIN = 200
@@ -45,6 +48,7 @@ def ingest(
     spill_dir: str | Path | None = None,
     progress: bool = True,
     points: bool = False,
+    shapes: str | None = None,
     **options: Any,
 ) -> Path:
     """Ingest an input file or folder into a new store.
@@ -77,6 +81,9 @@ def ingest(
     points
         Keep the input's molecule-level points (Xenium, CosMx, MERSCOPE transcripts) as the store's points
         element, partitioned by tile (every point, whether or not it lies in a cell).
+    shapes
+        ``None``: the store's shapes element has a circle (a square for binN) per observation; ``"polygons"``:
+        the cells' segmentation polygons (Xenium's ``cell_boundaries.parquet``) as ``shapes/cell_boundaries``.
     **options
         Passed to the format's Source (e.g. ``pixel_size`` for MTX + cell_locations).
 
@@ -101,6 +108,11 @@ def ingest(
         if cls.takes_bin_size and bin_size is not None:  # a resolution to pick, not DNBs to bin
             options["bin_size"], bin_size = bin_size, None
         src = cls(Path(input), **options)
+    if shapes not in (None, "polygons"):
+        raise ValueError(f"shapes must be None (circles / squares) or 'polygons', got {shapes!r}")
+    if shapes == "polygons" and getattr(src, "boundaries_file", None) is None:
+        raise ValueError(f"{src.path}: shapes='polygons' (CLI: --shapes polygons) needs the cells' boundary "
+                         f"polygons ({src.format_name} input has none: Xenium's cell_boundaries.parquet)")
     if points and src.points_name is None:
         raise ValueError(f"{src.path}: points=True (CLI: --points), but {src.format_name} input holds no "
                          "molecule-level points (transcripts) to keep")
@@ -117,7 +129,7 @@ def ingest(
     if bin_size is not None or cellbin:
         raise ValueError(f"{src.format_name} input has observations already; --bin/--cellbin apply to DNB-level "
                          "inputs (GEM, GEF) only")
-    return _ingest_obs(src, store, tile_size, overwrite, chunk_size, spill_dir, progress, prov, points)
+    return _ingest_obs(src, store, tile_size, overwrite, chunk_size, spill_dir, progress, prov, points, shapes)
 
 
 def check_chunk_size(chunk_size: int) -> None:
@@ -131,7 +143,7 @@ def check_chunk_size(chunk_size: int) -> None:
 # observation sources (MTX, Visium, h5ad, cell-bin GEF)
 # ----------------------------------------------------------------------------------------------------
 def _ingest_obs(src: Source, store: Path, tile_size, overwrite, chunk_size, spill_dir, progress, prov,
-                points: bool = False) -> Path:
+                points: bool = False, shapes: str | None = None) -> Path:
     obs = src.obs
     coords = np.asarray(src.coords, dtype=np.float64)
     n_obs = len(obs)
@@ -185,9 +197,13 @@ def _ingest_obs(src: Source, store: Path, tile_size, overwrite, chunk_size, spil
                 prov["n_points"] = _write_points(b, point_spill, src)
             for name, (image, affine) in src.images.items():
                 write_source_image(b.root, name, image, affine, src.unit, src.microns_per_unit)
+            polygons = shapes == "polygons"
             b.finish(obs.iloc[perm], coords[perm], unit=src.unit, spot_diameter=src.spot_diameter, obsm=obsm,
-                     uns=src.uns, provenance=prov, shapes=ShapeSpec(src.shapes_name, "circle", src.spot_diameter),
+                     uns=src.uns, provenance=prov,
+                     shapes=None if polygons else ShapeSpec(src.shapes_name, "circle", src.spot_diameter),
                      microns_per_unit=src.microns_per_unit)
+            if polygons:
+                _write_boundaries(b, src, n_obs, rank, chunk_size, obs.index.to_numpy())
     finally:
         for s in spills.values():
             s.close()
@@ -212,6 +228,17 @@ def _spill_points(src: Source, tiling: Tiling, spill_dir: Path, chunk_size: int,
         writer.close()
         raise
     return writer
+
+
+def _write_boundaries(b: StoreBuilder, src: Source, n_obs: int, rank: np.ndarray, chunk_size: int,
+                      names: np.ndarray) -> None:
+    """The cells' polygons as ``shapes/cell_boundaries``, the element the table annotates (no circles)."""
+    _, key = annotate_table(b.table, n_obs, POLYGONS_NAME)
+    try:
+        write_polygons(b.tmp, POLYGONS_NAME, src.iter_boundaries(min(chunk_size, POINTS_PER_CHUNK)), n_obs, rank,
+                       src.microns_per_unit, key=key, source=str(src.boundaries_file), names=names)
+    except PolygonError as e:
+        raise InputError(str(e)) from None
 
 
 def _write_points(b: StoreBuilder, writer, src: Source) -> int:

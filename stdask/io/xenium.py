@@ -6,13 +6,15 @@ Layout read (10x's "Understanding Xenium Outputs", XOA 1.x-3.x)::
       experiment.xenium          JSON: pixel_size (um per image pixel), analysis_sw_version, run metadata
       cell_feature_matrix.h5     10x feature-barcode HDF5 (CSC by barcode): genes and control features
       cells.parquet              (or cells.csv.gz) cell_id, x_centroid, y_centroid (um), per-cell counts, areas
+      cell_boundaries.parquet    cell_id, vertex_x, vertex_y (um), label_id: one row per polygon vertex, a cell's
+                                 rows contiguous, its ring closed, cells in cells.parquet order
 
 Observations are the cells, in ``cells.parquet`` order, which must be the matrix's barcode order (XOA writes
 both in one order). Coordinates are the cell centroids in micrometres. ``X`` holds the ``Gene Expression``
 features only; the control features (negative control probes and codewords, unassigned / deprecated codewords,
 genomic controls) stay out of ``X`` and their per-cell counts are kept as the obs columns XOA writes for them
 (``control_probe_counts``, ``control_codeword_counts``, ``unassigned_codeword_counts``...). transcripts.parquet
-and the boundary tables are not read here.
+is streamed by :meth:`XeniumSource.iter_points`, the cell polygons by :meth:`XeniumSource.iter_boundaries`.
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ from stdask.io.text import coordinate_columns
 from stdask.io.visium import TenxH5Matrix
 
 __all__ = ["XeniumSource", "CELL_FILES", "EXPERIMENT_FILE", "MATRIX_FILE", "REQUIRED_CELL_COLUMNS",
-           "TRANSCRIPTS_FILE", "REQUIRED_TRANSCRIPT_COLUMNS", "arrow_strings", "transcript_columns"]
+           "TRANSCRIPTS_FILE", "REQUIRED_TRANSCRIPT_COLUMNS", "BOUNDARIES_FILE", "REQUIRED_BOUNDARY_COLUMNS",
+           "arrow_strings", "transcript_columns"]
 
 EXPERIMENT_FILE = "experiment.xenium"
 MATRIX_FILE = "cell_feature_matrix.h5"
@@ -38,6 +41,9 @@ CELL_FILES = ("cells.parquet", "cells.csv.gz")
 REQUIRED_CELL_COLUMNS = ("cell_id", "x_centroid", "y_centroid")
 TRANSCRIPTS_FILE = "transcripts.parquet"
 REQUIRED_TRANSCRIPT_COLUMNS = ("x_location", "y_location", "feature_name")
+#: the cells' segmentation polygons, one row per vertex (nucleus_boundaries.parquet has the nuclei's)
+BOUNDARIES_FILE = "cell_boundaries.parquet"
+REQUIRED_BOUNDARY_COLUMNS = ("cell_id", "vertex_x", "vertex_y")
 #: transcripts.parquet columns kept with each point, and their dtype (those present; XOA 2.0 added
 #: codeword_index, XOA 3.0 is_gene); cell_id is kept as str whatever the file's type
 _POINT_COLUMNS = {"transcript_id": np.uint64, "cell_id": str, "overlaps_nucleus": np.uint8,
@@ -99,25 +105,31 @@ def arrow_strings(array) -> np.ndarray:
 
 def transcript_columns(path: Path) -> list[str]:
     """The column names of a transcripts.parquet; refuses one without the required columns."""
+    return _parquet_columns(path, REQUIRED_TRANSCRIPT_COLUMNS, "x_location, y_location in um and feature_name")
+
+
+def _parquet_columns(path: Path, required: tuple[str, ...], what: str) -> list[str]:
+    """The column names of a Parquet file; refuses an unreadable file or one without the ``required`` columns
+    (``what`` says what they are in the message)."""
     import pyarrow.parquet as pq
 
     try:
         names = list(pq.ParquetFile(path).schema_arrow.names)
     except Exception as exc:  # pyarrow raises several types for a corrupt file
         raise InputError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})") from None
-    missing = [c for c in REQUIRED_TRANSCRIPT_COLUMNS if c not in names]
+    missing = [c for c in required if c not in names]
     if missing:
-        raise InputError(f"{path}: no column(s) {', '.join(missing)} (x_location, y_location in um and feature_name "
-                         f"are required); columns found: {', '.join(names)}")
+        raise InputError(f"{path}: no column(s) {', '.join(missing)} ({what} are required); columns found: "
+                         f"{', '.join(names)}")
     return names
 
 
-def _numbers(batch, name: str, dtype, path: Path, offset: int) -> np.ndarray:
+def _numbers(batch, name: str, dtype, path: Path, offset: int, record: str = "transcript") -> np.ndarray:
     """A numeric column of a record batch as ``dtype``; refuses nulls (naming the row) rather than inventing values."""
     col = batch.column(name)
     if col.null_count:
         row = offset + int(np.argmax(col.is_null().to_numpy(zero_copy_only=False)))
-        raise InputError(f"{path}: row {row}: {name} is empty; every transcript needs one")
+        raise InputError(f"{path}: row {row}: {name} is empty; every {record} needs one")
     return col.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
 
 
@@ -268,4 +280,56 @@ class XeniumSource(TableSource):
             yield PointChunk(_numbers(batch, "x_location", np.float64, path, offset),
                              _numbers(batch, "y_location", np.float64, path, offset),
                              arrow_strings(batch.column("feature_name")), columns)
+            offset += batch.num_rows
+
+    @property
+    def boundaries_file(self) -> Path | None:
+        """``outs/cell_boundaries.parquet`` (the cells' segmentation polygons), or ``None`` when absent."""
+        path = self._outs / BOUNDARIES_FILE
+        return path if path.is_file() else None
+
+    def iter_boundaries(self, chunk_size: int = 2_000_000) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Stream ``cell_boundaries.parquet`` in file order, ``chunk_size`` vertices at a time.
+
+        Yields
+        ------
+        tuple
+            ``(cell, x, y)``: (m,) int64 row of each vertex's cell in ``cells.parquet`` (the source row),
+            (m,) float64 ``vertex_x``, ``vertex_y`` (um). A cell's vertices are contiguous; its run may continue
+            in the next batch (:func:`stdask.store.polygons.write_polygons` joins them).
+
+        Raises
+        ------
+        InputError
+            No boundaries file, a missing column, an empty value, or a cell_id that ``cells.parquet`` lacks.
+        """
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        path = self.boundaries_file
+        if path is None:
+            raise InputError(f"{self._outs}: no {BOUNDARIES_FILE}, so no cell polygons; copy it from the "
+                             f"instrument's outs/ folder, or keep the default circle shapes")
+        _parquet_columns(path, REQUIRED_BOUNDARY_COLUMNS, "cell_id and vertex_x, vertex_y in um")
+        index = self._obs.index
+        if not index.is_unique:
+            raise InputError(f"{self._outs}: cell_id {index[index.duplicated()][0]!r} is listed twice in the cell "
+                             f"table; cell ids must be unique")
+        offset = 0
+        for batch in iter_parquet(path, chunk_size, list(REQUIRED_BOUNDARY_COLUMNS)):
+            col = batch.column("cell_id")
+            if col.null_count:
+                row = offset + int(np.argmax(col.is_null().to_numpy(zero_copy_only=False)))
+                raise InputError(f"{path}: row {row}: cell_id is empty; every vertex needs its cell's id")
+            # each id repeats for every vertex of its cell: look up the batch's distinct ids only
+            coded = col if pa.types.is_dictionary(col.type) else pc.dictionary_encode(col)
+            rows = index.get_indexer(arrow_strings(coded.dictionary))
+            codes = coded.indices.to_numpy(zero_copy_only=False)
+            cell = rows[codes].astype(np.int64, copy=False)
+            if (cell < 0).any():
+                i = int(np.argmax(cell < 0))
+                raise InputError(f"{path}: row {offset + i}: cell_id {arrow_strings(coded.dictionary)[codes[i]]!r} "
+                                 f"is not in the cell table (cells.parquet); are both files from the same run?")
+            yield (cell, _numbers(batch, "vertex_x", np.float64, path, offset, "vertex"),
+                   _numbers(batch, "vertex_y", np.float64, path, offset, "vertex"))
             offset += batch.num_rows
