@@ -31,7 +31,10 @@ import sys, time, json
 import stdask
 t = time.perf_counter()
 stdask.ingest(sys.argv[1], sys.argv[2], overwrite=True, progress=False, **json.loads(sys.argv[3]))
-print(json.dumps({"seconds": time.perf_counter() - t}))
+seconds = time.perf_counter() - t
+# the process's own high-water mark: ru_maxrss would start at the parent's RSS when the child was forked
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
+print(json.dumps({"seconds": seconds, "hwm_kib": hwm}))
 """
 
 
@@ -42,14 +45,14 @@ def run_child(source: Path, store: Path, bin_size: int | None = None, **options)
     kwargs = json.dumps({"bin_size": bin_size, **options})
     proc = subprocess.Popen([sys.executable, "-c", CHILD, str(source), str(store), kwargs],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
+    _, status, _usage = os.wait4(proc.pid, 0)
     out, err = proc.stdout.read(), proc.stderr.read()
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"ingest failed:\n{err}")
     import json
 
-    seconds = json.loads(out.strip().splitlines()[-1])["seconds"]
-    return seconds, usage.ru_maxrss / 2**20  # ru_maxrss is KiB on Linux
+    result = json.loads(out.strip().splitlines()[-1])
+    return result["seconds"], result["hwm_kib"] / 2**20
 
 
 def du(path: Path) -> int:
