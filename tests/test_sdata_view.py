@@ -243,3 +243,14 @@ def test_xenium_cell_polygons_annotated(xenium_store, tmp_path):
     assert ds.verify().ok
     with pytest.raises(ValueError, match="polygons"):
         stdask.ingest(outs, tmp_path / "bad.zarr", shapes="hexagons", progress=False)
+
+
+def test_a_subset_store_annotates_its_own_element(visium_store, tmp_path):
+    """A store written from another (subset) gets its own shapes and ids, not the parent's region columns."""
+    ds = stdask.read(visium_store)
+    keep = np.arange(ds.n_obs) % 2 == 0
+    sub = stdask.pp.subset(ds, tmp_path / "sub.zarr", obs=keep, progress=False)
+    sdata, table, element, attrs = check_annotation(sub.path)
+    assert attrs["region_key"] == "region" and attrs["instance_key"] == "instance_id"
+    assert not {"stdask_region", "stdask_instance_id"} & set(table.obs.columns)
+    assert len(element) == int(keep.sum())

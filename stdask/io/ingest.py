@@ -22,7 +22,7 @@ from ..store.tiling import (Tiling, check_bin_grid, check_coordinates, check_til
 from ..store.writer import StoreBuilder
 from ..store.raster import write_source_image
 from ..store.polygons import PolygonError, write_polygons
-from ..store.sdata_view import ShapeSpec, annotate_table
+from ..store.sdata_view import INSTANCE_KEY, REGION_KEY, ShapeSpec, annotate_table
 from .base import InputError, Source, source_class
 
 #: most points read per chunk: a transcript row holds several strings (feature, cell id) as Python objects, about
@@ -145,6 +145,9 @@ def check_chunk_size(chunk_size: int) -> None:
 def _ingest_obs(src: Source, store: Path, tile_size, overwrite, chunk_size, spill_dir, progress, prov,
                 points: bool = False, shapes: str | None = None) -> Path:
     obs = src.obs
+    # a store's region / instance-id columns name its own shapes element: those of the input (a store being
+    # subset or binned, a SpatialData table) would point at elements the new store does not have
+    obs = obs.drop(columns=[c for c in (REGION_KEY, INSTANCE_KEY) if c in obs.columns])
     coords = np.asarray(src.coords, dtype=np.float64)
     n_obs = len(obs)
     if coords.shape != (n_obs, 2):
