@@ -7,9 +7,12 @@ tie exactly where stLearn's tie. The GPU variant of :func:`background_counts` is
 """
 from __future__ import annotations
 
+import weakref
+from dataclasses import dataclass
+
 import numpy as np
 import scipy.sparse as sp
-from numba import njit, prange
+from numba import njit, parallel_chunksize, prange
 
 
 @njit(inline="always")
@@ -90,9 +93,9 @@ def bh_segments(p, starts):
 
 
 @njit(parallel=True, cache=True)
-def _background_counts(x_ptr, x_idx, x_val, m_ptr, m_idx, m_val, n_genes, t_ptr, t_lr, t_obs, pl, pr, m, weight,
-                       geometric):  # pragma: no cover - numba
-    # the loop of background_counts / background_counts_geometric, over rows grouped as t_ptr says
+def _geometric_counts(x_ptr, x_idx, x_val, m_ptr, m_idx, m_val, n_genes, t_ptr, t_lr, t_obs, pl, pr,
+                      weight):  # pragma: no cover - numba
+    # the loop of background_counts_geometric, over rows grouped as t_ptr says
     n_rows = t_ptr.shape[0] - 1
     out = np.zeros(t_lr.shape[0], dtype=np.int64)
     n_pairs = pl.shape[1]
@@ -101,58 +104,221 @@ def _background_counts(x_ptr, x_idx, x_val, m_ptr, m_idx, m_val, n_genes, t_ptr,
             continue
         xd = np.zeros(n_genes)
         md = np.zeros(n_genes)
-        plain = True  # the row's values are all finite and >= 0 (the usual case): _score_plain applies
         for k in range(x_ptr[i], x_ptr[i + 1]):
-            v = x_val[k]
-            xd[x_idx[k]] = v
-            if not (v >= 0.0 and v < np.inf):
-                plain = False
+            xd[x_idx[k]] = x_val[k]
         for k in range(m_ptr[i], m_ptr[i + 1]):
-            v = m_val[k]
-            md[m_idx[k]] = v
-            if not (v >= 0.0 and v < np.inf):
-                plain = False
+            md[m_idx[k]] = m_val[k]
         for e in range(t_ptr[i], t_ptr[i + 1]):
             j = t_lr[e]
             s = t_obs[e]
             c = 0
-            if geometric:
-                for k in range(n_pairs):
-                    l = pl[j, k]
-                    r = pr[j, k]
-                    c += weight[i] * 0.5 * (xd[l] * md[r] + xd[r] * md[l]) >= s
-            elif plain:
-                for k in range(n_pairs):
-                    l = pl[j, k]
-                    r = pr[j, k]
-                    c += _score_plain(xd[l], md[l], xd[r], md[r], m) >= s
-            else:
-                for k in range(n_pairs):
-                    l = pl[j, k]
-                    r = pr[j, k]
-                    c += _score(xd[l], md[l], xd[r], md[r], m) >= s
+            for k in range(n_pairs):
+                l = pl[j, k]
+                r = pr[j, k]
+                c += weight[i] * 0.5 * (xd[l] * md[r] + xd[r] * md[l]) >= s
             out[e] = c
     return out
 
 
-def _row_counts(x: sp.csr_matrix, means: sp.csr_matrix, t_row, t_lr, t_obs, pl, pr, m: float, weight,
-                geometric: bool) -> np.ndarray:
-    t_row = np.asarray(t_row, dtype=np.int64)
-    t_ptr = np.concatenate([[0], np.cumsum(np.bincount(t_row, minlength=x.shape[0]))]).astype(np.int64)
-    return _background_counts(x.indptr.astype(np.int64), x.indices.astype(np.int64), x.data,
-                              means.indptr.astype(np.int64), means.indices.astype(np.int64), means.data,
-                              x.shape[1], t_ptr, np.asarray(t_lr, dtype=np.int64), np.asarray(t_obs, np.float64),
-                              pl, pr, float(m), weight, geometric)
+@dataclass(frozen=True)
+class PairLayout:
+    """Every LR's background pairs as :func:`background_counts` reads them (built by :func:`pair_layout`).
+
+    Attributes
+    ----------
+    g_ptr
+        (n_lr + 1,) int64: LR ``j``'s distinct genes are ``g_col[g_ptr[j]:g_ptr[j + 1]]``.
+    g_col
+        (sum of the LRs' distinct genes,) int64 columns of those genes, ascending within each LR.
+    lp, rp
+        (n_lr, n_pairs) int32 positions, among LR ``j``'s genes, of each pair's ligand-side and receptor-side
+        gene; pairs grouped by receptor-side gene (a count does not depend on the order of the pairs).
+    n_cols
+        Columns of the tables (genes of the matrices the kernel reads).
+    """
+
+    g_ptr: np.ndarray
+    g_col: np.ndarray
+    lp: np.ndarray
+    rp: np.ndarray
+    n_cols: int
+
+
+@njit(cache=True)
+def _layout(pl, pr, n_cols):  # pragma: no cover - numba
+    n_lr, n_pairs = pl.shape
+    pos = np.full(n_cols, -1, np.int64)
+    g_ptr = np.zeros(n_lr + 1, np.int64)
+    g_col = np.empty(n_lr * min(2 * n_pairs, n_cols), np.int64)
+    lp = np.empty((n_lr, n_pairs), np.int32)
+    rp = np.empty((n_lr, n_pairs), np.int32)
+    at = 0
+    for j in range(n_lr):
+        for k in range(n_pairs):
+            pos[pl[j, k]] = 0
+            pos[pr[j, k]] = 0
+        n = 0
+        for c in range(n_cols):  # positions in ascending column order: the compaction reads columns in order
+            if pos[c] == 0:
+                g_col[at + n] = c
+                n += 1
+        for t in range(n):
+            pos[g_col[at + t]] = t
+        # pairs grouped by receptor-side position (a counting sort): consecutive pairs then share its values
+        start = np.zeros(n + 1, np.int64)
+        for k in range(n_pairs):
+            start[pos[pr[j, k]] + 1] += 1
+        for t in range(n):
+            start[t + 1] += start[t]
+        for k in range(n_pairs):
+            b = pos[pr[j, k]]
+            lp[j, start[b]] = pos[pl[j, k]]
+            rp[j, start[b]] = b
+            start[b] += 1
+        for t in range(n):
+            pos[g_col[at + t]] = -1
+        at += n
+        g_ptr[j + 1] = at
+    return g_ptr, g_col[:at].copy(), lp, rp
+
+
+def pair_layout(pl: np.ndarray, pr: np.ndarray, n_cols: int) -> PairLayout:
+    """:class:`PairLayout` of (n_lr, n_pairs) ligand-side / receptor-side columns ``pl`` / ``pr`` (< ``n_cols``)."""
+    g_ptr, g_col, lp, rp = _layout(np.ascontiguousarray(pl, dtype=np.int32), np.ascontiguousarray(pr, dtype=np.int32),
+                                   int(n_cols))
+    if len(g_col) and int(np.diff(g_ptr).max()) <= 1 << 16:  # the usual case: half the memory of the tables
+        lp, rp = lp.astype(np.uint16), rp.astype(np.uint16)
+    return PairLayout(g_ptr, g_col, lp, rp, int(n_cols))
+
+
+#: (id(pl), id(pr), n_cols) -> (weak reference to pl, weak reference to pr, layout)
+_layouts: dict[tuple[int, int, int], tuple] = {}
+
+
+def _cached_layout(pl: np.ndarray, pr: np.ndarray, n_cols: int) -> PairLayout:
+    """:func:`pair_layout` of the tables, built once while the table arrays live: every tile and row block of a
+    run passes the same (never modified) arrays, so they are keyed by identity; the entry goes with ``pl``."""
+    key = (id(pl), id(pr), int(n_cols))
+    hit = _layouts.get(key)
+    if hit is not None and hit[0]() is pl and hit[1]() is pr:
+        return hit[2]
+    layout = pair_layout(pl, pr, n_cols)
+    try:
+        refs = (weakref.ref(pl, lambda _, k=key: _layouts.pop(k, None)), weakref.ref(pr))
+    except TypeError:  # an object without weak references (not an ndarray): not cached
+        return layout
+    _layouts[key] = (*refs, layout)
+    return layout
+
+
+@njit(cache=True)
+def _group_entries(t_row, t_lr, size, n_lr):  # pragma: no cover - numba
+    # entries ordered by (row group, LR, row) by a counting sort: e_ord, and e_ptr[g * n_lr + j] the start of
+    # group g's entries of LR j
+    n_groups = (t_row.max() // size + 1) if t_row.shape[0] else 0
+    e_ptr = np.zeros(n_groups * n_lr + 1, np.int64)
+    for e in range(t_row.shape[0]):
+        e_ptr[(t_row[e] // size) * n_lr + t_lr[e] + 1] += 1
+    for b in range(n_groups * n_lr):
+        e_ptr[b + 1] += e_ptr[b]
+    fill = e_ptr[:-1].copy()
+    e_ord = np.empty(t_row.shape[0], np.int64)
+    for e in range(t_row.shape[0]):  # rows ascending (entries come grouped by row), so rows stay ascending
+        b = (t_row[e] // size) * n_lr + t_lr[e]
+        e_ord[fill[b]] = e
+        fill[b] += 1
+    return e_ptr, e_ord
+
+
+@njit(parallel=True, cache=True)
+def _lr_major_counts(x_ptr, x_idx, x_val, m_ptr, m_idx, m_val, t_row, t_obs, e_ptr, e_ord, g_ptr, g_col, lp, rp,
+                     m, size, n_cols):  # pragma: no cover - numba
+    # the loop of background_counts, over groups of `size` rows; see there
+    n_lr = g_ptr.shape[0] - 1
+    n_groups = (e_ptr.shape[0] - 1) // n_lr
+    out = np.zeros(t_row.shape[0], dtype=np.int64)
+    n_pairs = lp.shape[1]
+    XT = np.zeros((n_cols, size))  # the group's rows densified, gene-major: a gene's rows are contiguous
+    MT = np.zeros((n_cols, size))
+    plain_row = np.ones(size, np.bool_)
+    for grp in range(n_groups):
+        r0 = grp * size
+        r1 = min(x_ptr.shape[0] - 1, r0 + size)
+        for i in prange(r1 - r0):
+            plain = True  # the row's values are all finite and >= 0 (the usual case): _score_plain applies
+            for k in range(x_ptr[r0 + i], x_ptr[r0 + i + 1]):
+                v = x_val[k]
+                XT[x_idx[k], i] = v
+                if not (v >= 0.0 and v < np.inf):
+                    plain = False
+            for k in range(m_ptr[r0 + i], m_ptr[r0 + i + 1]):
+                v = m_val[k]
+                MT[m_idx[k], i] = v
+                if not (v >= 0.0 and v < np.inf):
+                    plain = False
+            plain_row[i] = plain
+        for j in prange(n_lr):
+            a = e_ptr[grp * n_lr + j]
+            n = e_ptr[grp * n_lr + j + 1] - a
+            if n == 0:
+                continue
+            g0 = g_ptr[j]
+            n_g = g_ptr[j + 1] - g0
+            loc = np.empty(n, np.int64)
+            obs = np.empty(n)
+            plain = True
+            for t in range(n):
+                e = e_ord[a + t]
+                loc[t] = t_row[e] - r0
+                obs[t] = t_obs[e]
+                plain = plain and plain_row[loc[t]]
+            # the LR's genes at its tested rows, compacted: xc[g, :] are gene g's values at those rows
+            xc = np.empty((n_g, n))
+            mc = np.empty((n_g, n))
+            for g in range(n_g):
+                c = g_col[g0 + g]
+                for t in range(n):
+                    xc[g, t] = XT[c, loc[t]]
+                    mc[g, t] = MT[c, loc[t]]
+            cnt = np.zeros(n, np.int64)
+            # pair-outer, row-inner: the inner loop runs over contiguous rows in SIMD lanes
+            if plain:
+                for k in range(n_pairs):
+                    l = lp[j, k]
+                    r = rp[j, k]
+                    for t in range(n):
+                        cnt[t] += _score_plain(xc[l, t], mc[l, t], xc[r, t], mc[r, t], m) >= obs[t]
+            else:
+                for k in range(n_pairs):
+                    l = lp[j, k]
+                    r = rp[j, k]
+                    for t in range(n):
+                        cnt[t] += _score(xc[l, t], mc[l, t], xc[r, t], mc[r, t], m) >= obs[t]
+            for t in range(n):
+                out[e_ord[a + t]] = cnt[t]
+        for i in prange(r1 - r0):  # clear only what was written (cheaper than zeroing the whole group)
+            for k in range(x_ptr[r0 + i], x_ptr[r0 + i + 1]):
+                XT[x_idx[k], i] = 0.0
+            for k in range(m_ptr[r0 + i], m_ptr[r0 + i + 1]):
+                MT[m_idx[k], i] = 0.0
+    return out
+
+
+#: bytes of the densified row group of :func:`background_counts` (two float64 (n_cols, rows) arrays)
+_GROUP_BYTES = 32 << 20
 
 
 def background_counts(x: sp.csr_matrix, means: sp.csr_matrix, t_row: np.ndarray, t_lr: np.ndarray,
-                      t_obs: np.ndarray, pl: np.ndarray, pr: np.ndarray, m: float) -> np.ndarray:
-    """Background exceedance counts of stLearn's LR score at every tested (row, LR) entry, spot-major.
+                      t_obs: np.ndarray, pl: np.ndarray | None, pr: np.ndarray | None, m: float,
+                      layout: PairLayout | None = None) -> np.ndarray:
+    """Background exceedance counts of stLearn's LR score at every tested (row, LR) entry.
 
-    Each row's expression and neighbour means are scattered once into dense vectors over all genes, then
-    every LR tested at that row evaluates its background pairs by direct indexing, so no per-LR gather
-    or matrix slicing happens. Rows whose values are all finite and >= 0 use :func:`_score_plain` (the
-    same scores, up to the sign of a zero, so the same counts).
+    Rows are taken in groups (as many as fit :data:`_GROUP_BYTES` densified, at most 1,024); within a group,
+    each LR's genes at the rows that test it are compacted into a small gene x row block, and every
+    background pair is evaluated for all those rows at once (the rows run in SIMD lanes over contiguous
+    memory; pairs sharing a receptor-side gene come consecutively). Rows whose values are all finite and
+    >= 0 use :func:`_score_plain`, others :func:`_score` (the same scores up to the sign of a zero, so the
+    same counts). Each count is an integer sum, so neither the grouping nor the order of the pairs changes it.
 
     Parameters
     ----------
@@ -161,23 +327,42 @@ def background_counts(x: sp.csr_matrix, means: sp.csr_matrix, t_row: np.ndarray,
     t_row, t_lr, t_obs
         (n_entries,) tested entries grouped by row (rows ascending): row, LR index and observed score.
     pl, pr
-        (n_lr, n_pairs) integer gene columns of each LR's background pairs.
+        (n_lr, n_pairs) integer gene columns of each LR's background pairs (unused when ``layout`` is given).
     m
         min_expr.
+    layout
+        :func:`pair_layout` of ``pl``, ``pr``; when not given, built on the first call with these arrays and
+        reused while they live (the arrays must not be modified in place).
 
     Returns
     -------
     (n_entries,) int64 number of background pairs scoring >= the observed score (ties count).
     """
-    return _row_counts(x, means, t_row, t_lr, t_obs, pl, pr, m, np.zeros(0), False)
+    n_cols = x.shape[1]
+    if layout is None:
+        layout = _cached_layout(pl, pr, n_cols)
+    elif layout.n_cols != n_cols:
+        raise ValueError(f"pair layout built for {layout.n_cols} columns, matrices have {n_cols}")
+    t_row = np.asarray(t_row, dtype=np.int64)
+    if len(t_row) == 0 or len(layout.g_ptr) < 2:
+        return np.zeros(len(t_row), dtype=np.int64)
+    size = int(max(16, min(1024, x.shape[0], _GROUP_BYTES // (16 * max(n_cols, 1)))))
+    e_ptr, e_ord = _group_entries(t_row, np.asarray(t_lr, dtype=np.int64), size, len(layout.g_ptr) - 1)
+    # LRs differ in work (rows tested): threads take a few at a time rather than one fixed share each
+    with parallel_chunksize(4):
+        return _lr_major_counts(x.indptr.astype(np.int64), x.indices.astype(np.int64), x.data,
+                                means.indptr.astype(np.int64), means.indices.astype(np.int64), means.data,
+                                t_row, np.asarray(t_obs, np.float64), e_ptr, e_ord, layout.g_ptr, layout.g_col,
+                                layout.lp, layout.rp, float(m), size, n_cols)
 
 
 def background_counts_geometric(y: sp.csr_matrix, means: sp.csr_matrix, t_row: np.ndarray, t_lr: np.ndarray,
                                 t_obs: np.ndarray, pl: np.ndarray, pr: np.ndarray,
                                 weight: np.ndarray) -> np.ndarray:
-    """:func:`background_counts` of the geometric-mean score of SpaSEG's domain LR scoring,
+    """Background exceedance counts of the geometric-mean score of SpaSEG's domain LR scoring,
     ``w_i 0.5 (y_l m_r + y_r m_l)`` in that float64 order, with ``y`` the square-rooted expression and ``m``
-    the neighbour means of ``y``.
+    the neighbour means of ``y`` (each row scattered once into dense vectors, its LRs' pairs read by direct
+    indexing).
 
     Parameters
     ----------
@@ -188,7 +373,12 @@ def background_counts_geometric(y: sp.csr_matrix, means: sp.csr_matrix, t_row: n
     weight
         (n_rows,) float64 per-row weight ``w_i`` (the entropy weight, or 1).
     """
-    return _row_counts(y, means, t_row, t_lr, t_obs, pl, pr, 0.0, np.ascontiguousarray(weight, np.float64), True)
+    t_row = np.asarray(t_row, dtype=np.int64)
+    t_ptr = np.concatenate([[0], np.cumsum(np.bincount(t_row, minlength=y.shape[0]))]).astype(np.int64)
+    return _geometric_counts(y.indptr.astype(np.int64), y.indices.astype(np.int64), y.data,
+                             means.indptr.astype(np.int64), means.indices.astype(np.int64), means.data,
+                             y.shape[1], t_ptr, np.asarray(t_lr, dtype=np.int64), np.asarray(t_obs, np.float64),
+                             pl, pr, np.ascontiguousarray(weight, np.float64))
 
 
 @njit(cache=True)
