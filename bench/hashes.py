@@ -16,6 +16,11 @@ store-bytes hashes depend on where the inputs lie. ``hashes_6694ac6.txt`` is the
 the house refactor, run from the repository root. Issue 13 then changed what a store holds on disk (crc32c in
 every codec chain, chunk records, the sparse tile index), so the two ``*_store_bytes`` lines differ from it since;
 every analysis line is unchanged.
+
+``hashes_8d99e3b.txt`` is the baseline rerun in the environment of 2026-12-07 (numpy 2.4.6, scipy 1.17.1): there the
+preprocessing lines (log1p, HVG, PCA, kNN connectivities) and the SpaSEG labels differ from ``hashes_6694ac6.txt``
+for the same code (commit 8d99e3b run in both), from the libraries' floating point; compare a change against a
+baseline made with the same libraries.
 """
 from __future__ import annotations
 
