@@ -284,7 +284,10 @@ def _check_components(got, ref, ev):
     sep = gap > 1e-2
     for i in np.flatnonzero(sep):
         s = np.sign(got[:, i] @ ref[:, i])
-        np.testing.assert_allclose(s * got[:, i], ref[:, i], atol=1e-5)
+        # 3e-5: scanpy 1.11 with scikit-learn 1.9 (float32 input) differs from stdask's exact components by up to
+        # 1.1e-5 on a few loadings (1e-5 held with the libraries CI installed on 2026-12-06); the subspace angle below is the
+        # strict check
+        np.testing.assert_allclose(s * got[:, i], ref[:, i], atol=3e-5)
     assert np.degrees(subspace_angles(got[:, :k], ref[:, :k])).max() < 1e-2
 
 
