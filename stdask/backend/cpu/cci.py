@@ -131,8 +131,9 @@ class PairLayout:
     g_col
         (sum of the LRs' distinct genes,) int64 columns of those genes, ascending within each LR.
     lp, rp
-        (n_lr, n_pairs) int32 positions, among LR ``j``'s genes, of each pair's ligand-side and receptor-side
-        gene; pairs grouped by receptor-side gene (a count does not depend on the order of the pairs).
+        (n_lr, n_pairs) uint16 (int32 when an LR has more than 65,536 genes) positions, among LR ``j``'s genes,
+        of each pair's ligand-side and receptor-side gene; pairs grouped by receptor-side gene (a count does not
+        depend on the order of the pairs).
     n_cols
         Columns of the tables (genes of the matrices the kernel reads).
     """
@@ -211,17 +212,25 @@ def _cached_layout(pl: np.ndarray, pr: np.ndarray, n_cols: int) -> PairLayout:
     return layout
 
 
-@njit(cache=True)
+@njit(inline="always")
 def _group_entries(t_row, t_lr, size, n_lr):  # pragma: no cover - numba
     # entries ordered by (row group, LR, row) by a counting sort: e_ord, and e_ptr[g * n_lr + j] the start of
     # group g's entries of LR j
-    n_groups = (t_row.max() // size + 1) if t_row.shape[0] else 0
-    e_ptr = np.zeros(n_groups * n_lr + 1, np.int64)
+    # (explicit loops, not array expressions: in a parallel kernel each of those would be a parallel region)
+    top = 0
+    for e in range(t_row.shape[0]):
+        top = max(top, t_row[e])
+    n_groups = top // size + 1 if t_row.shape[0] else 0
+    e_ptr = np.empty(n_groups * n_lr + 1, np.int64)
+    for b in range(e_ptr.shape[0]):
+        e_ptr[b] = 0
     for e in range(t_row.shape[0]):
         e_ptr[(t_row[e] // size) * n_lr + t_lr[e] + 1] += 1
     for b in range(n_groups * n_lr):
         e_ptr[b + 1] += e_ptr[b]
-    fill = e_ptr[:-1].copy()
+    fill = np.empty(n_groups * n_lr, np.int64)
+    for b in range(n_groups * n_lr):
+        fill[b] = e_ptr[b]
     e_ord = np.empty(t_row.shape[0], np.int64)
     for e in range(t_row.shape[0]):  # rows ascending (entries come grouped by row), so rows stay ascending
         b = (t_row[e] // size) * n_lr + t_lr[e]
@@ -230,29 +239,82 @@ def _group_entries(t_row, t_lr, size, n_lr):  # pragma: no cover - numba
     return e_ptr, e_ord
 
 
+@njit(inline="always")
+def _pair_counts(xc, mc, obs, lp, rp, m, cnt, plain):  # pragma: no cover - numba
+    # cnt[t] += #pairs k with score(lp[k], rp[k]) at row t >= obs[t]; xc/mc: (genes, rows). Pair-outer,
+    # row-inner: the row loop runs over contiguous memory in SIMD lanes. Pairs come grouped by receptor-side
+    # gene, and four pairs of a group are evaluated per pass over the rows, so the receptor side's values, the
+    # observed score and the count are loaded once for four pairs
+    n = obs.shape[0]
+    n_pairs = lp.shape[0]
+    k = 0
+    while k < n_pairs:
+        r = rp[k]
+        end = k + 1
+        while end < n_pairs and rp[end] == r:
+            end += 1
+        while k + 4 <= end:
+            l0 = lp[k]
+            l1 = lp[k + 1]
+            l2 = lp[k + 2]
+            l3 = lp[k + 3]
+            # the two loops are spelled out: a score function passed as an argument, or chosen per value, is
+            # not inlined / hoisted by numba, and costs ~25% of the kernel
+            if plain:
+                for t in range(n):
+                    s = obs[t]
+                    xr = xc[r, t]
+                    mr = mc[r, t]
+                    cnt[t] += (np.int64(_score_plain(xc[l0, t], mc[l0, t], xr, mr, m) >= s)
+                               + np.int64(_score_plain(xc[l1, t], mc[l1, t], xr, mr, m) >= s)
+                               + np.int64(_score_plain(xc[l2, t], mc[l2, t], xr, mr, m) >= s)
+                               + np.int64(_score_plain(xc[l3, t], mc[l3, t], xr, mr, m) >= s))
+            else:
+                for t in range(n):
+                    s = obs[t]
+                    xr = xc[r, t]
+                    mr = mc[r, t]
+                    cnt[t] += (np.int64(_score(xc[l0, t], mc[l0, t], xr, mr, m) >= s)
+                               + np.int64(_score(xc[l1, t], mc[l1, t], xr, mr, m) >= s)
+                               + np.int64(_score(xc[l2, t], mc[l2, t], xr, mr, m) >= s)
+                               + np.int64(_score(xc[l3, t], mc[l3, t], xr, mr, m) >= s))
+            k += 4
+        while k < end:
+            l0 = lp[k]
+            if plain:
+                for t in range(n):
+                    cnt[t] += _score_plain(xc[l0, t], mc[l0, t], xc[r, t], mc[r, t], m) >= obs[t]
+            else:
+                for t in range(n):
+                    cnt[t] += _score(xc[l0, t], mc[l0, t], xc[r, t], mc[r, t], m) >= obs[t]
+            k += 1
+
+
 @njit(parallel=True, cache=True)
-def _lr_major_counts(x_ptr, x_idx, x_val, m_ptr, m_idx, m_val, t_row, t_obs, e_ptr, e_ord, g_ptr, g_col, lp, rp,
-                     m, size, n_cols):  # pragma: no cover - numba
-    # the loop of background_counts, over groups of `size` rows; see there
+def _lr_major_counts(x_ptr, x_idx, x_val, m_ptr, m_idx, m_val, divisor, t_row, t_lr, t_obs, g_ptr, g_col, lp, rp,
+                     m, XT, MT):  # pragma: no cover - numba
+    # the loop of background_counts, over groups of XT.shape[1] rows; see there. XT, MT: zeros, (n_cols, size)
+    # float64, the group's rows densified gene-major (a gene's rows are contiguous). One parallel region per
+    # group (the LR loop): everything else is serial, as each region costs a wake-up of the threads
     n_lr = g_ptr.shape[0] - 1
+    size = XT.shape[1]
+    e_ptr, e_ord = _group_entries(t_row, t_lr, size, n_lr)
     n_groups = (e_ptr.shape[0] - 1) // n_lr
-    out = np.zeros(t_row.shape[0], dtype=np.int64)
-    n_pairs = lp.shape[1]
-    XT = np.zeros((n_cols, size))  # the group's rows densified, gene-major: a gene's rows are contiguous
-    MT = np.zeros((n_cols, size))
-    plain_row = np.ones(size, np.bool_)
+    out = np.empty(t_row.shape[0], dtype=np.int64)  # every entry is written below
+    plain_row = np.empty(size, np.bool_)
     for grp in range(n_groups):
         r0 = grp * size
         r1 = min(x_ptr.shape[0] - 1, r0 + size)
-        for i in prange(r1 - r0):
+        for i in range(r1 - r0):
             plain = True  # the row's values are all finite and >= 0 (the usual case): _score_plain applies
             for k in range(x_ptr[r0 + i], x_ptr[r0 + i + 1]):
                 v = x_val[k]
                 XT[x_idx[k], i] = v
                 if not (v >= 0.0 and v < np.inf):
                     plain = False
+            d = divisor[r0 + i]
             for k in range(m_ptr[r0 + i], m_ptr[r0 + i + 1]):
-                v = m_val[k]
+                v = m_val[k] / d
                 MT[m_idx[k], i] = v
                 if not (v >= 0.0 and v < np.inf):
                     plain = False
@@ -281,22 +343,10 @@ def _lr_major_counts(x_ptr, x_idx, x_val, m_ptr, m_idx, m_val, t_row, t_obs, e_p
                     xc[g, t] = XT[c, loc[t]]
                     mc[g, t] = MT[c, loc[t]]
             cnt = np.zeros(n, np.int64)
-            # pair-outer, row-inner: the inner loop runs over contiguous rows in SIMD lanes
-            if plain:
-                for k in range(n_pairs):
-                    l = lp[j, k]
-                    r = rp[j, k]
-                    for t in range(n):
-                        cnt[t] += _score_plain(xc[l, t], mc[l, t], xc[r, t], mc[r, t], m) >= obs[t]
-            else:
-                for k in range(n_pairs):
-                    l = lp[j, k]
-                    r = rp[j, k]
-                    for t in range(n):
-                        cnt[t] += _score(xc[l, t], mc[l, t], xc[r, t], mc[r, t], m) >= obs[t]
+            _pair_counts(xc, mc, obs, lp[j], rp[j], m, cnt, plain)
             for t in range(n):
                 out[e_ord[a + t]] = cnt[t]
-        for i in prange(r1 - r0):  # clear only what was written (cheaper than zeroing the whole group)
+        for i in range(r1 - r0):  # clear only what was written (cheaper than zeroing the whole group)
             for k in range(x_ptr[r0 + i], x_ptr[r0 + i + 1]):
                 XT[x_idx[k], i] = 0.0
             for k in range(m_ptr[r0 + i], m_ptr[r0 + i + 1]):
@@ -310,7 +360,7 @@ _GROUP_BYTES = 32 << 20
 
 def background_counts(x: sp.csr_matrix, means: sp.csr_matrix, t_row: np.ndarray, t_lr: np.ndarray,
                       t_obs: np.ndarray, pl: np.ndarray | None, pr: np.ndarray | None, m: float,
-                      layout: PairLayout | None = None) -> np.ndarray:
+                      layout: PairLayout | None = None, divisor: np.ndarray | None = None) -> np.ndarray:
     """Background exceedance counts of stLearn's LR score at every tested (row, LR) entry.
 
     Rows are taken in groups (as many as fit :data:`_GROUP_BYTES` densified, at most 1,024); within a group,
@@ -333,6 +383,9 @@ def background_counts(x: sp.csr_matrix, means: sp.csr_matrix, t_row: np.ndarray,
     layout
         :func:`pair_layout` of ``pl``, ``pr``; when not given, built on the first call with these arrays and
         reused while they live (the arrays must not be modified in place).
+    divisor
+        (n_rows,) float64: ``means`` holds neighbour sums, and row ``i``'s are divided by ``divisor[i]`` as they
+        are read (the same one division per value as dividing first, without a divided copy of the block).
 
     Returns
     -------
@@ -347,13 +400,14 @@ def background_counts(x: sp.csr_matrix, means: sp.csr_matrix, t_row: np.ndarray,
     if len(t_row) == 0 or len(layout.g_ptr) < 2:
         return np.zeros(len(t_row), dtype=np.int64)
     size = int(max(16, min(1024, x.shape[0], _GROUP_BYTES // (16 * max(n_cols, 1)))))
-    e_ptr, e_ord = _group_entries(t_row, np.asarray(t_lr, dtype=np.int64), size, len(layout.g_ptr) - 1)
     # LRs differ in work (rows tested): threads take a few at a time rather than one fixed share each
+    divisor = np.ones(x.shape[0]) if divisor is None else np.ascontiguousarray(divisor, dtype=np.float64)
+    dense = np.zeros((2, n_cols, size))  # zero pages from the OS: nothing is written until used
     with parallel_chunksize(4):
-        return _lr_major_counts(x.indptr.astype(np.int64), x.indices.astype(np.int64), x.data,
-                                means.indptr.astype(np.int64), means.indices.astype(np.int64), means.data,
-                                t_row, np.asarray(t_obs, np.float64), e_ptr, e_ord, layout.g_ptr, layout.g_col,
-                                layout.lp, layout.rp, float(m), size, n_cols)
+        # index arrays as scipy holds them (int32 below 2**31 entries): no int64 copies of the block
+        return _lr_major_counts(x.indptr, x.indices, x.data, means.indptr, means.indices, means.data, divisor,
+                                t_row, np.asarray(t_lr, dtype=np.int64), np.asarray(t_obs, np.float64), layout.g_ptr,
+                                layout.g_col, layout.lp, layout.rp, float(m), dense[0], dense[1])
 
 
 def background_counts_geometric(y: sp.csr_matrix, means: sp.csr_matrix, t_row: np.ndarray, t_lr: np.ndarray,

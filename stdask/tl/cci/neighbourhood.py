@@ -121,19 +121,35 @@ def neighbour_means(nb: Neighbourhood, X_cols: sp.spmatrix, rows: np.ndarray | N
     return out
 
 
+def neighbour_sums_sparse(nb: Neighbourhood, X: sp.spmatrix, start: int = 0, stop: int | None = None
+                          ) -> tuple[sp.csr_matrix, np.ndarray | None]:
+    """Neighbour sums of own rows ``start:stop`` (default all) for all columns of ``X`` (tile rows, CSR), and
+    what each row's sums are divided by to give the means.
+
+    Returns
+    -------
+    sums
+        (stop - start, n_genes) CSR float64, indices unsorted (consumers scatter rows into dense vectors).
+    divisor
+        (stop - start,) float64 |N(i)| (1 for rows without neighbours); ``None`` when ``sums`` are the means
+        already (within-spot mode, exact mode).
+    """
+    stop = nb.W.shape[0] if stop is None else stop
+    if nb.order is not None:
+        return sp.csr_matrix(neighbour_means(nb, X, np.arange(start, stop))), None
+    sums = sp.csr_matrix(nb.W[start:stop] @ X)
+    if nb.within:
+        return sums, None
+    counts = nb.counts[start:stop]
+    # each row is divided by its count (not multiplied by 1/count: division is what stLearn does)
+    return sums, np.where(counts > 0, counts, 1).astype(np.float64)
+
+
 def neighbour_means_sparse(nb: Neighbourhood, X: sp.spmatrix, start: int = 0, stop: int | None = None
                            ) -> sp.csr_matrix:
     """(stop - start, n_genes) CSR float64 neighbour means of own rows ``start:stop`` (default all) for all
-    columns of ``X`` (tile rows, CSR)."""
-    stop = nb.W.shape[0] if stop is None else stop
-    if nb.order is not None:
-        return sp.csr_matrix(neighbour_means(nb, X, np.arange(start, stop)))
-    sums = nb.W[start:stop] @ X
-    sums = sp.csr_matrix(sums)  # indices left unsorted: consumers scatter rows into dense vectors
-    if nb.within:
-        return sums
-    counts = nb.counts[start:stop]
-    # divide each row by its count (not multiply by 1/count: division is what stLearn does)
-    rep = np.repeat(np.where(counts > 0, counts, 1).astype(np.float64), np.diff(sums.indptr))
-    sums.data = sums.data / rep
+    columns of ``X`` (tile rows, CSR); indices unsorted."""
+    sums, divisor = neighbour_sums_sparse(nb, X, start, stop)
+    if divisor is not None:
+        sums.data = sums.data / np.repeat(divisor, np.diff(sums.indptr))
     return sums

@@ -19,6 +19,7 @@ import gc
 import time
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Mapping
 
 import dask
@@ -36,7 +37,7 @@ from .correction import adjust_grouped
 from .database import LRPairs, PairMatch, as_pairs, match_pairs
 from .background import Background, BackgroundPairs, background_tables, matched_background
 from .features import GeneValues, column_quantiles_and_median, lr_features
-from .neighbourhood import neighbour_means, neighbour_means_sparse, tile_neighbourhood
+from .neighbourhood import neighbour_means, neighbour_means_sparse, neighbour_sums_sparse, tile_neighbourhood
 from .pairs import check_possible
 from .result import CCIResult
 from .scale_check import SAMPLE_ROWS, scale_warning
@@ -95,6 +96,13 @@ def _pass1(tile: Tile, *, radius: float, genes: np.ndarray, lcol: np.ndarray, rc
             "min_value": float(own.data.min()) if own.nnz else 0.0}
 
 
+def _dense_means(means: sp.csr_matrix, genes: np.ndarray, divisor: np.ndarray | None, i: int, j: int) -> np.ndarray:
+    """(j - i, len(genes)) dense neighbour means of block rows i..j for columns ``genes``: ``means`` divided by
+    ``divisor`` when given (sums; each value divided once, as :func:`.neighbourhood.neighbour_means_sparse`)."""
+    d = np.asarray(means[i:j][:, genes].toarray())
+    return d if divisor is None else d / divisor[i:j, None]
+
+
 def _pass2(tile: Tile, *, radius: float, columns: np.ndarray, genes: np.ndarray, lcol: np.ndarray,
            rcol: np.ndarray, min_expr: float, order_of: Mapping | None, tables: tuple, n_pairs: int,
            adj_method: str, backend: str = "cpu") -> dict:
@@ -111,11 +119,16 @@ def _pass2(tile: Tile, *, radius: float, columns: np.ndarray, genes: np.ndarray,
     # row blocks bound the memory of a task: neighbour means of all background genes for ~4k rows at a time
     for a in range(0, tile.n_own, _ROW_BLOCK):
         b = min(a + _ROW_BLOCK, tile.n_own)
-        means = neighbour_means_sparse(nb, X, a, b)
+        if backend == "cpu":  # the CPU kernel divides the sums as it reads them: no divided copy of the block
+            means, divisor = neighbour_sums_sparse(nb, X, a, b)
+            kw = {"divisor": divisor}
+        else:
+            means, divisor, kw = neighbour_means_sparse(nb, X, a, b), None, {}
         x_own = X[a:b]
-        rows, pair, score = _observed(x_own[:, genes], lambda i, j: np.asarray(means[i:j][:, genes].toarray()),
-                                      lcol, rcol, min_expr)
-        counts = get_kernel("background_counts", backend)(x_own, means, rows, pair, score, pl, pr, float(min_expr))
+        rows, pair, score = _observed(x_own[:, genes], partial(_dense_means, means, genes, divisor), lcol, rcol,
+                                      min_expr)
+        counts = get_kernel("background_counts", backend)(x_own, means, rows, pair, score, pl, pr, float(min_expr),
+                                                          **kw)
         p = np.maximum(counts, 1) / float(n_pairs)
         for k, v in (("rows", rows + a), ("pair", pair), ("score", score), ("count", counts),
                      ("padj", adjust_grouped(p, rows, adj_method))):
