@@ -61,8 +61,10 @@ def is_spatialdata_zarr(path: Path) -> bool:
     """Whether ``path`` is a SpatialData zarr with a ``tables`` group, and not a stdask store (those carry a
     ``stdask`` root attribute and are opened with :func:`stdask.read`)."""
     attrs = _group_attrs(path) if path.is_dir() else None
+    # a stdask store whose completion mark is missing (a killed ingest, a damaged root) is still a stdask store:
+    # its table holds the tile index, and reading it must fail as incomplete, never convert it
     return attrs is not None and "spatialdata_attrs" in attrs and "stdask" not in attrs \
-        and _group_attrs(path / "tables") is not None
+        and _group_attrs(path / "tables") is not None and not (path / "tables" / "table" / "uns" / "stdask").is_dir()
 
 
 def _read_elem(group: Any) -> Any:

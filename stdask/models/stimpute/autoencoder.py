@@ -115,7 +115,9 @@ def _dense_rows(name: str, x: Any) -> np.ndarray:
     a = x.toarray() if sp.issparse(x) else np.asarray(x)
     if a.ndim != 2:
         raise ValueError(f"{name} must be 2-D (cells x training genes), got shape {a.shape}")
-    return np.ascontiguousarray(a, dtype=np.float32)
+    # always a fresh buffer: a view into a larger dense array starts at another alignment than a densified sparse
+    # block, and torch's CPU matmul then takes another path (codes differing in the last bit, measured)
+    return np.array(a, dtype=np.float32, order="C", copy=True)
 
 
 def _check_finite(name: str, x: Any) -> None:
