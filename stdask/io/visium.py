@@ -27,7 +27,7 @@ from stdask.io.hdf5 import decode_strings, open_hdf5, pointer_ranges
 from stdask.io.mtx import GEX, TenxMatrix, TenxMtxMatrix
 from stdask.io.text import first_duplicate, rows_for_barcodes
 
-__all__ = ["VisiumSource", "TenxH5Matrix", "read_positions", "read_scalefactors", "read_images", "store_images", "library_uns",
+__all__ = ["VisiumSource", "TenxH5Matrix", "read_positions", "read_scalefactors", "read_images", "store_images", "SpaceRangerImages", "library_uns",
            "default_library_id", "POSITION_COLUMNS"]
 
 #: diameter of a Visium (v1/v2/CytAssist 6.5 mm) capture spot, um
@@ -182,6 +182,19 @@ def store_images(images: dict[str, np.ndarray], scalefactors: dict[str, float],
     return out
 
 
+class SpaceRangerImages:
+    """:attr:`Source.images` of a Space Ranger source holding ``_images``, ``_scalefactors`` and ``library_id``."""
+
+    _images: dict[str, np.ndarray]
+    _scalefactors: dict[str, float]
+    library_id: str
+
+    @property
+    def images(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """The hires / lowres tissue images, scaled to full-resolution pixels (:func:`store_images`)."""
+        return store_images(self._images, self._scalefactors, self.library_id)
+
+
 def default_library_id(matrix: TenxMatrix, outs: Path) -> str:
     """The h5's first ``library_ids`` attribute, else the run folder's name (the folder holding ``outs/``)."""
     ids = matrix.library_ids if isinstance(matrix, TenxH5Matrix) else []
@@ -236,7 +249,7 @@ def read_positions(spatial: Path, barcodes: pd.Index) -> pd.DataFrame:
 
 
 @register_source
-class VisiumSource(TableSource):
+class VisiumSource(SpaceRangerImages, TableSource):
     """10x Visium: a Space Ranger ``outs/`` folder (or the run folder containing it): spots x genes.
 
     Parameters
@@ -325,11 +338,6 @@ class VisiumSource(TableSource):
     @property
     def uns(self) -> dict:
         return {"spatial": {self.library_id: library_uns(self._images, self._scalefactors, self._matrix)}}
-
-    @property
-    def images(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """The hires / lowres tissue images, scaled to full-resolution pixels (:func:`store_images`)."""
-        return store_images(self._images, self._scalefactors, self.library_id)
 
     @property
     def size_hint(self) -> int | None:

@@ -35,7 +35,7 @@ from stdask.io.base import EntryChunk, InputError, TableSource, register_source
 from stdask.io.parquet import iter_parquet
 from stdask.io.visium import HD_BIN_FOLDER as BIN_FOLDER  # Visium's detect must know it: defined there
 from stdask.io.visium import (POSITION_COLUMNS, TenxH5Matrix, default_library_id, library_uns, read_images,
-                              read_scalefactors, store_images)
+                              read_scalefactors, SpaceRangerImages)
 
 __all__ = ["VisiumHDSource", "bin_folders", "parse_bin_barcodes", "BIN_FOLDER", "POSITIONS_FILE",
            "FILTERED_MATRIX", "RAW_MATRIX"]
@@ -114,7 +114,7 @@ def parse_bin_barcodes(barcodes: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray
 
 
 @register_source
-class VisiumHDSource(TableSource):
+class VisiumHDSource(SpaceRangerImages, TableSource):
     """10x Visium HD: one resolution of a Space Ranger >= 3 run's ``binned_outputs/``: in-tissue bins x genes.
 
     Parameters
@@ -239,11 +239,6 @@ class VisiumHDSource(TableSource):
             hd["microns_per_pixel"] = float(self.microns_per_unit)
         return {"spatial": {self.library_id: library_uns(self._images, self._scalefactors, self._matrix)},
                 "visium_hd": hd}
-
-    @property
-    def images(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """The hires / lowres tissue images, scaled to full-resolution pixels (:func:`store_images`)."""
-        return store_images(self._images, self._scalefactors, self.library_id)
 
     @property
     def size_hint(self) -> int | None:
