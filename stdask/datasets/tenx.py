@@ -154,6 +154,27 @@ def _write_locations(fh, barcodes: np.ndarray, x: np.ndarray, y: np.ndarray) -> 
     frame.to_csv(fh, sep="\t", header=False)
 
 
+def tenx_matrix_group(f: h5py.File, ids, names, types, *, genome: str, software_version: str,
+                      chemistry: str) -> h5py.Group:
+    """The parts of a 10x feature-barcode HDF5 every writer shares: the file attributes Cell / Space Ranger and XOA
+    write and ``matrix/features/{id, name, feature_type, genome, _all_tag_keys}`` as fixed-length ASCII. Returns the
+    ``matrix`` group; the caller adds ``data``, ``indices``, ``indptr``, ``shape`` and ``barcodes``."""
+    f.attrs["filetype"] = "matrix"
+    f.attrs["version"] = np.int64(2)
+    f.attrs["software_version"] = software_version
+    f.attrs["chemistry_description"] = chemistry
+    f.attrs["library_ids"] = np.array([b"synthetic"])
+    f.attrs["original_gem_groups"] = np.array([1], dtype=np.int64)
+    g = f.create_group("matrix")
+    feat = g.create_group("features")
+    feat.create_dataset("id", data=np.asarray(ids, dtype=str).astype("S"))
+    feat.create_dataset("name", data=np.asarray(names, dtype=str).astype("S"))
+    feat.create_dataset("feature_type", data=np.asarray(types, dtype=str).astype("S"))
+    feat.create_dataset("genome", data=np.full(len(ids), genome.encode()))
+    feat.create_dataset("_all_tag_keys", data=np.array([b"genome"]))
+    return g
+
+
 def write_visium(
     slice_,
     outs: str | Path,
@@ -216,12 +237,8 @@ def write_visium(
     nnz = 0
     with h5py.File(outs / "filtered_feature_bc_matrix.h5", "w") as f, \
             open(outs / "spatial" / "tissue_positions.csv", "w") as pos_fh:
-        f.attrs["filetype"] = "matrix"
-        f.attrs["version"] = np.int64(2)
-        f.attrs["library_ids"] = np.array([b"synthetic"])
-        f.attrs["chemistry_description"] = "Spatial 3' v1"
-        f.attrs["software_version"] = "stdask-synthetic"
-        g = f.create_group("matrix")
+        g = tenx_matrix_group(f, var["gene_ids"].to_numpy(str), var.index.to_numpy(str), [GEX] * len(var),
+                              genome="GRCh38", software_version="stdask-synthetic", chemistry="Spatial 3' v1")
         data = g.create_dataset("data", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(1 << 18,),
                                 compression="gzip", compression_opts=4)
         indices = g.create_dataset("indices", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(1 << 18,),
@@ -230,14 +247,6 @@ def write_visium(
         g.create_dataset("shape", data=np.array([slice_.n_genes, n], dtype=np.int32))
         bc_width = 18
         barcodes = g.create_dataset("barcodes", shape=(n,), dtype=f"S{bc_width}")
-        feat = g.create_group("features")
-        ids = var["gene_ids"].to_numpy(str)
-        names = var.index.to_numpy(str)
-        feat.create_dataset("id", data=ids.astype("S"))
-        feat.create_dataset("name", data=names.astype("S"))
-        feat.create_dataset("feature_type", data=np.full(len(ids), GEX.encode()))
-        feat.create_dataset("genome", data=np.full(len(ids), b"GRCh38"))
-        feat.create_dataset("_all_tag_keys", data=np.array([b"genome"]))
         indptr[0] = 0
         pos_fh.write(",".join(POSITION_COLUMNS) + "\n")
         for batch in slice_.iter_batches(chunk_size):

@@ -38,6 +38,7 @@ from ..io.mtx import GEX
 from ..random_streams import sequence_stream
 from .purposes import VISIUM_HD
 from .synthetic import synthetic_slice
+from .tenx import tenx_matrix_group
 
 __all__ = ["write_visium_hd", "bin_barcodes", "MICRONS_PER_PIXEL", "SPACERANGER_VERSION"]
 
@@ -307,24 +308,13 @@ class _H5Matrix:
 
     def __init__(self, path: Path, var) -> None:
         self._f = f = h5py.File(path, "w")
-        f.attrs["filetype"] = "matrix"
-        f.attrs["version"] = np.int64(2)
-        f.attrs["software_version"] = SPACERANGER_VERSION
-        f.attrs["chemistry_description"] = "Visium HD v1"
-        f.attrs["library_ids"] = np.array([b"synthetic"])
-        f.attrs["original_gem_groups"] = np.array([1], dtype=np.int64)
-        g = f.create_group("matrix")
+        g = tenx_matrix_group(f, var["gene_ids"].to_numpy(str), var.index.to_numpy(str), [GEX] * len(var),
+                              genome="GRCh38", software_version=SPACERANGER_VERSION, chemistry="Visium HD v1")
         grow: dict[str, Any] = dict(maxshape=(None,), chunks=(1 << 16,), compression="gzip", compression_opts=4)
         self._data = g.create_dataset("data", shape=(0,), dtype=np.int32, **grow)
         self._indices = g.create_dataset("indices", shape=(0,), dtype=np.int64, **grow)
         self._indptr = g.create_dataset("indptr", shape=(1,), dtype=np.int64, maxshape=(None,), chunks=(1 << 16,))
         self._barcodes = g.create_dataset("barcodes", shape=(0,), dtype="S21", maxshape=(None,), chunks=(1 << 14,))
-        feat = g.create_group("features")
-        feat.create_dataset("id", data=var["gene_ids"].to_numpy(str).astype("S"))
-        feat.create_dataset("name", data=var.index.to_numpy(str).astype("S"))
-        feat.create_dataset("feature_type", data=np.full(len(var), GEX.encode()))
-        feat.create_dataset("genome", data=np.full(len(var), b"GRCh38"))
-        feat.create_dataset("_all_tag_keys", data=np.array([b"genome"]))
         self.n_genes = len(var)
         self.n = self.nnz = 0
 

@@ -32,6 +32,7 @@ from ..io.mtx import GEX
 from ..random_streams import sequence_stream
 from .purposes import XENIUM
 from .synthetic import synthetic_slice
+from .tenx import tenx_matrix_group
 
 __all__ = ["write_xenium", "xenium_cell_ids", "CONTROL_TYPES", "XENIUM_PIXEL_SIZE", "XENIUM_SW_VERSION"]
 
@@ -206,25 +207,14 @@ def _features(var, n_controls: tuple[int, int, int]) -> tuple[list[str], list[st
 def _matrix_datasets(f: h5py.File, n_cells: int, names: list[str], ids: list[str], types: list[str]):
     """Create the 10x HDF5 layout (fixed-length ASCII strings, as 10x writes them); return the growing datasets
     ``data`` int32, ``indices`` int64, ``indptr`` int64 (n_cells + 1) and ``barcodes`` S10."""
-    f.attrs["filetype"] = "matrix"
-    f.attrs["version"] = np.int64(2)
-    f.attrs["software_version"] = XENIUM_SW_VERSION
-    f.attrs["chemistry_description"] = "Xenium"
-    f.attrs["library_ids"] = np.array([b"synthetic"])
-    f.attrs["original_gem_groups"] = np.array([1], dtype=np.int64)
-    g = f.create_group("matrix")
+    g = tenx_matrix_group(f, ids, names, types, genome="Unknown", software_version=XENIUM_SW_VERSION,
+                          chemistry="Xenium")
     kw: dict[str, Any] = dict(maxshape=(None,), chunks=(1 << 16,), compression="gzip", compression_opts=4)
     data = g.create_dataset("data", shape=(0,), dtype=np.int32, **kw)
     indices = g.create_dataset("indices", shape=(0,), dtype=np.int64, **kw)
     indptr = g.create_dataset("indptr", shape=(n_cells + 1,), dtype=np.int64, fillvalue=0)
     g.create_dataset("shape", data=np.array([len(names), n_cells], dtype=np.int32))
     barcodes = g.create_dataset("barcodes", shape=(n_cells,), dtype="S10")
-    feat = g.create_group("features")
-    feat.create_dataset("id", data=np.array(ids, dtype="S"))
-    feat.create_dataset("name", data=np.array(names, dtype="S"))
-    feat.create_dataset("feature_type", data=np.array(types, dtype="S"))
-    feat.create_dataset("genome", data=np.full(len(names), b"Unknown"))
-    feat.create_dataset("_all_tag_keys", data=np.array([b"genome"]))
     return data, indices, indptr, barcodes
 
 

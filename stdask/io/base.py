@@ -246,6 +246,17 @@ class TableSource(Source):
         return self._coords.copy()
 
 
+def median_disc_diameter(areas: Any, scale: float = 1.0) -> float | None:
+    """Diameter of a disc with the median of ``areas`` (the cells' areas, non-numbers ignored) times ``scale``
+    (e.g. um^2 per px^2); ``None`` when there is no positive median. What cell-segmented inputs record as the
+    :attr:`Source.spot_diameter`."""
+    values = pd.to_numeric(pd.Series(np.asarray(areas).ravel()), errors="coerce").to_numpy(np.float64)
+    if not len(values) or not np.isfinite(values).any():
+        return None
+    area = float(np.nanmedian(values)) * scale
+    return 2.0 * float(np.sqrt(area / np.pi)) if np.isfinite(area) and area > 0 else None
+
+
 def make_unique(names: Sequence[str], join: str = "-") -> pd.Index:
     """Make names unique the way ``anndata.utils.make_index_unique`` (and scanpy's readers) do.
 

@@ -30,7 +30,7 @@ import pandas as pd
 import pyarrow as pa
 
 from stdask.io.base import (COUNT_MAX, EntryChunk, InputError, PointChunk, TableSource, make_unique,
-                            register_source)
+                            median_disc_diameter, register_source)
 from stdask.io.text import (TextColumn, block_size_for, check_text, float_column, gzip_error, int_column, is_gzip,
                             match_columns, stream_table, text_lines)
 
@@ -355,12 +355,7 @@ class CosMxSource(TableSource):
     @property
     def spot_diameter(self) -> float | None:
         """Diameter (um) of a disc with the median ``Area`` (px^2 converted to um^2), or ``None`` without it."""
-        if "Area" not in self._obs or not len(self._obs):
-            return None
-        area = float(np.nanmedian(pd.to_numeric(self._obs["Area"], errors="coerce").to_numpy(np.float64)))
-        if not (np.isfinite(area) and area > 0):
-            return None
-        return 2.0 * float(np.sqrt(area * self.pixel_size_um ** 2 / np.pi))
+        return median_disc_diameter(self._obs["Area"], self.pixel_size_um ** 2) if "Area" in self._obs else None
 
     @property
     def uns(self) -> dict:

@@ -25,7 +25,7 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-from stdask.io.base import EntryChunk, InputError, PointChunk, TableSource, register_source
+from stdask.io.base import EntryChunk, InputError, PointChunk, TableSource, median_disc_diameter, register_source
 from stdask.io.parquet import iter_parquet
 from stdask.io.text import coordinate_columns
 from stdask.io.visium import TenxH5Matrix
@@ -186,11 +186,7 @@ class XeniumSource(TableSource):
         obs = cells.drop(columns=list(REQUIRED_CELL_COLUMNS))
         obs.index = pd.Index(cells["cell_id"].to_numpy(dtype=object), dtype=object)
         self._obs = obs
-        self._spot_diameter = None
-        if "cell_area" in obs and len(obs):
-            area = float(np.nanmedian(pd.to_numeric(obs["cell_area"], errors="coerce").to_numpy(np.float64)))
-            if np.isfinite(area) and area > 0:
-                self._spot_diameter = 2.0 * float(np.sqrt(area / np.pi))
+        self._spot_diameter = median_disc_diameter(obs["cell_area"]) if "cell_area" in obs else None
 
     @staticmethod
     def _read_experiment(path: Path) -> dict[str, Any]:
