@@ -540,8 +540,11 @@ def _converted(source: Path, target: str | Path | None, progress: bool) -> Path:
 
     target = Path(target) if target is not None else source.with_name(source.name.removesuffix(".zarr")
                                                                        + ".stdask.zarr")
-    newest = max((p.stat().st_mtime for p in source.rglob("*") if p.name in ("zarr.json", ".zattrs", ".zgroup")),
-                 default=0.0)
+    # the metadata of the root and of each element (what a rewrite of the input replaces), not the chunk files:
+    # walking every chunk of a large SpatialData zarr would cost more than the read
+    meta = [source / n for n in ("zarr.json", ".zattrs")]
+    meta += [p for pattern in ("*/*/zarr.json", "*/*/.zattrs") for p in source.glob(pattern)]
+    newest = max((p.stat().st_mtime for p in meta if p.is_file()), default=0.0)
     if (target / "zarr.json").is_file():
         try:
             reader = StoreReader(target)
