@@ -20,8 +20,8 @@ from ..store.spill import ChunkSpill, TileSpill, csr_from_entries
 from ..store.tiling import (Tiling, check_bin_grid, check_coordinates, check_tile_count, check_tile_size, default_tile_size,
                             sort_order)
 from ..store.writer import StoreBuilder
-from ..store.raster import write_source_image
 from ..store.polygons import PolygonError, write_polygons
+from ..store.raster import write_source_image
 from ..store.sdata_view import INSTANCE_KEY, REGION_KEY, ShapeSpec, annotate_table
 from .base import InputError, Source, source_class
 
@@ -147,7 +147,9 @@ def _ingest_obs(src: Source, store: Path, tile_size, overwrite, chunk_size, spil
     obs = src.obs
     # a store's region / instance-id columns name its own shapes element: those of the input (a store being
     # subset or binned, a SpatialData table) would point at elements the new store does not have
-    obs = obs.drop(columns=[c for c in (REGION_KEY, INSTANCE_KEY) if c in obs.columns])
+    inherited = [c for c in (REGION_KEY, INSTANCE_KEY) if c in obs.columns]
+    if inherited:
+        obs = obs.drop(columns=inherited)
     coords = np.asarray(src.coords, dtype=np.float64)
     n_obs = len(obs)
     if coords.shape != (n_obs, 2):
@@ -172,8 +174,10 @@ def _ingest_obs(src: Source, store: Path, tile_size, overwrite, chunk_size, spil
     tile_start = np.concatenate([[0], np.cumsum(tile_rows)])
     matrices = {"X": src.value_dtype, **src.layers}
     spills = {name: TileSpill(("key", "gene", "value"), spill_dir) for name in matrices}
-    point_spill = _spill_points(src, tiling, spill_dir, chunk_size, progress) if points else None
+    point_spill = None
     try:
+        if points:  # inside the try: the matrix spills above are removed if reading the points fails
+            point_spill = _spill_points(src, tiling, spill_dir, chunk_size, progress)
         bar = progress_bar(total=src.size_hint, desc=f"read {src.path.name}", unit="entries", disable=not progress)
         for chunk in src.iter_entries(chunk_size):
             name = chunk.layer or "X"
