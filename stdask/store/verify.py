@@ -93,7 +93,8 @@ def _metadata(path: Path, rel: str, out: StoreVerification) -> dict | None:
     f = path / rel / "zarr.json"
     try:
         meta = json.loads(f.read_text())
-        meta.get("node_type")
+        if not isinstance(meta, dict):
+            raise ValueError(f"a JSON {type(meta).__name__}, not an object")
         return meta
     except (OSError, ValueError, AttributeError) as e:
         out.problems.append(f"{(Path(rel) / 'zarr.json').as_posix()}: not valid zarr metadata ({e})")
