@@ -160,6 +160,23 @@ def test_ingest_round_trip(run, tmp_path, size):
     assert t.uns["spatial"]["synthetic"]["scalefactors"]["bin_size_um"] == size
 
 
+@pytest.mark.parametrize("count_file", ["filtered_feature_bc_matrix.h5", "raw_feature_bc_matrix.h5"])
+def test_names_are_made_a_tile_at_a_time(run, count_file):
+    """The source holds the barcodes as the h5's bytes and its obs columns under a RangeIndex (no whole-slice
+    column of Python strings, which at 10^7 bins is ~1 GB); the names it makes equal the h5's barcodes of the
+    kept bins, in obs order, and its ``obs`` carries them as the index."""
+    src = VisiumHDSource(run, bin_size=2, count_file=count_file)
+    assert src._matrix.barcodes is None and src._matrix.barcode_bytes.dtype.kind == "S"
+    cols = src.obs_columns
+    assert isinstance(cols.index, pd.RangeIndex) and all(dt.kind in "biuf" for dt in cols.dtypes)
+    _, bc = h5_bins(bin_dir(run, 2) / count_file)
+    tissue = positions(run, 2)["in_tissue"]
+    kept = bc[tissue.loc[bc].to_numpy() == 1]
+    rows = np.array([len(kept) - 1, 0, 7, 7])
+    assert src.obs_names(rows).tolist() == kept[rows].tolist()
+    assert src.obs.index.tolist() == kept.tolist() and src.obs[list(cols.columns)].equals(cols.set_axis(kept))
+
+
 @pytest.mark.parametrize("size", [2, 8])
 def test_raw_matrix_keeps_in_tissue_bins(run, tmp_path, size):
     """The raw matrix filtered by in_tissue while streaming gives the store the filtered matrix gives, less the

@@ -179,6 +179,21 @@ class Source(ABC):
         raise TypeError(f"{self.format_name} streams records, not observations")
 
     @property
+    def obs_columns(self) -> pd.DataFrame:
+        """The columns of :attr:`obs` (rows in the same order); the index is the names, or a ``RangeIndex`` when
+        the source makes its names on demand (:meth:`obs_names`; it then guarantees they are unique)."""
+        return self.obs
+
+    def obs_names(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows),) str names of the observations at positions ``rows`` of :attr:`obs` (``kind == "obs"``).
+
+        Ingest asks for the names a tile at a time. A source with many observations may give :attr:`obs` a
+        ``RangeIndex`` and make the names here on demand (Visium HD's barcodes), so no whole-slice column of
+        Python strings is ever held.
+        """
+        return np.asarray(self.obs.index.to_numpy()[rows], dtype=str)
+
+    @property
     def layers(self) -> dict[str, np.dtype]:
         """Names and dtypes of extra matrices streamed as :class:`EntryChunk` with ``layer`` set."""
         return {}
@@ -242,8 +257,18 @@ class TableSource(Source):
 
     @property
     def coords(self) -> np.ndarray:
-        """(n_obs, 2) float64 x, y in :attr:`unit` (see the subclass for which coordinates)."""
-        return self._coords.copy()
+        """(n_obs, 2) float64 x, y in :attr:`unit` (see the subclass for which coordinates); a read-only view
+        (no copy of a whole-slice array; the source is left unchanged for a second ingest)."""
+        view = self._coords.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def obs_columns(self) -> pd.DataFrame:
+        return self._obs  # ingest only reads it (every change it makes is to a copy)
+
+    def obs_names(self, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(self._obs.index.to_numpy()[rows], dtype=str)
 
 
 def median_disc_diameter(areas: Any, scale: float = 1.0) -> float | None:

@@ -144,17 +144,12 @@ def check_chunk_size(chunk_size: int) -> None:
 # ----------------------------------------------------------------------------------------------------
 def _ingest_obs(src: Source, store: Path, tile_size, overwrite, chunk_size, spill_dir, progress, prov,
                 points: bool = False, shapes: str | None = None) -> Path:
-    obs = src.obs
-    # a store's region / instance-id columns name its own shapes element: those of the input (a store being
-    # subset or binned, a SpatialData table) would point at elements the new store does not have
-    inherited = [c for c in (REGION_KEY, INSTANCE_KEY) if c in obs.columns]
-    if inherited:
-        obs = obs.drop(columns=inherited)
+    obs, stream = _obs_table(src)
     coords = np.asarray(src.coords, dtype=np.float64)
     n_obs = len(obs)
     if coords.shape != (n_obs, 2):
         raise InputError(f"{src.path}: coordinates have shape {coords.shape}, expected ({n_obs}, 2)")
-    if not obs.index.is_unique:
+    if not isinstance(obs.index, pd.RangeIndex) and not obs.index.is_unique:
         dup = obs.index[obs.index.duplicated()][0]
         raise InputError(f"{src.path}: duplicate barcode {dup!r}; barcodes must be unique")
     check_coordinates(coords[:, 0], coords[:, 1], f"{src.path}")
@@ -188,8 +183,13 @@ def _ingest_obs(src: Source, store: Path, tile_size, overwrite, chunk_size, spil
             spills[name].add(final_tile[r], key=r, gene=chunk.gene, value=chunk.value)
             bar.update(len(chunk))
         bar.close()
+        del final_tile  # per-observation arrays the write below does not need (memory grows with the slice)
+        if shapes != "polygons":
+            del rank
         with StoreBuilder(store, var, tiling, matrices, overwrite=overwrite) as b:
             tiles = np.flatnonzero(tile_rows)
+            if stream:
+                b.stream_obs({c: obs[c].dtype for c in obs.columns}, xy_first=False)
             for t in progress_bar(tiles, desc="write tiles", unit="tile", disable=not progress):
                 r0, n = int(tile_start[t]), int(tile_rows[t])
                 blocks = {}
@@ -199,24 +199,45 @@ def _ingest_obs(src: Source, store: Path, tile_size, overwrite, chunk_size, spil
                         continue
                     blocks[name] = csr_from_entries(e["key"] - r0, e["gene"], e["value"], n, n_vars, dtype)
                 b.append_tile(int(t), n, blocks)
+                if stream:
+                    rows = perm[r0:r0 + n]
+                    b.append_obs(src.obs_names(rows), coords[rows, 0], coords[rows, 1],
+                                 **{c: obs[c].to_numpy()[rows] for c in obs.columns})
             obsm = {k: np.asarray(v)[perm] for k, v in src.obsm.items()}
             if point_spill is not None:
                 prov["n_points"] = _write_points(b, point_spill, src)
             for name, (image, affine) in src.images.items():
                 write_source_image(b.root, name, image, affine, src.unit, src.microns_per_unit)
             polygons = shapes == "polygons"
-            b.finish(obs.iloc[perm], coords[perm], unit=src.unit, spot_diameter=src.spot_diameter, obsm=obsm,
+            b.finish(None if stream else obs.iloc[perm], None if stream else coords[perm], unit=src.unit, spot_diameter=src.spot_diameter, obsm=obsm,
                      uns=src.uns, provenance=prov,
                      shapes=None if polygons else ShapeSpec(src.shapes_name, "circle", src.spot_diameter),
                      microns_per_unit=src.microns_per_unit)
             if polygons:
-                _write_boundaries(b, src, n_obs, rank, chunk_size, obs.index.to_numpy())
+                _write_boundaries(b, src, n_obs, rank, chunk_size, src.obs_names(np.arange(n_obs)))
     finally:
         for s in spills.values():
             s.close()
         if point_spill is not None:
             point_spill.close()
     return store
+
+
+def _obs_table(src: Source) -> tuple[pd.DataFrame, bool]:
+    """The source's obs columns (less inherited region / instance-id columns) and whether they are streamed
+    into the store a tile at a time (names from :meth:`Source.obs_names`): when every column is a plain
+    numeric or bool array and there are no extra obsm arrays. Otherwise the obs table is written whole, with
+    the names as its index."""
+    obs = src.obs_columns
+    # a store's region / instance-id columns name its own shapes element: those of the input (a store being
+    # subset or binned, a SpatialData table) would point at elements the new store does not have
+    inherited = [c for c in (REGION_KEY, INSTANCE_KEY) if c in obs.columns]
+    plain = all(isinstance(c, str) and c not in ("x", "y", "tile") and isinstance(dt, np.dtype) and dt.kind in "biuf"
+                for c, dt in obs.drop(columns=inherited).dtypes.items())
+    stream = plain and not src.obsm
+    if not stream and isinstance(obs.index, pd.RangeIndex):
+        obs = src.obs  # the names, made whole only for a table that is written whole
+    return (obs.drop(columns=inherited) if inherited else obs), stream
 
 
 def _spill_points(src: Source, tiling: Tiling, spill_dir: Path, chunk_size: int, progress: bool):

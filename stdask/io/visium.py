@@ -52,9 +52,16 @@ class TenxH5Matrix(TenxMatrix):
         barcodes, features/{id, name, feature_type}}``).
     gex_only
         Keep only ``Gene Expression`` features (scanpy's ``read_10x_h5`` default).
+    barcode_index
+        Keep the barcodes as a ``pd.Index`` of Python strings, checked unique (default). ``False`` keeps only
+        :attr:`barcode_bytes`, the dataset's fixed-width bytes (about 25 bytes a barcode instead of about 80): a
+        Visium HD 2 um matrix has 10^6-10^7 barcodes, and its reader checks their uniqueness through integer keys.
     """
 
-    def __init__(self, path: Path, *, gex_only: bool = True) -> None:
+    barcodes: pd.Index | None
+    barcode_bytes: np.ndarray | None
+
+    def __init__(self, path: Path, *, gex_only: bool = True, barcode_index: bool = True) -> None:
         self.path = path
         with open_hdf5(path) as f:
             if "matrix" not in f:
@@ -65,17 +72,24 @@ class TenxH5Matrix(TenxMatrix):
                 if key not in m:
                     raise InputError(f"{path}: matrix/{key} is missing")
             n_features, n_barcodes = (int(v) for v in m["shape"][()])
-            self.barcodes = pd.Index(_strings(m["barcodes"]), dtype=object)
+            raw = m["barcodes"][()]
+            if barcode_index:
+                self.barcodes, self.barcode_bytes = pd.Index(decode_strings(raw), dtype=object), None
+            else:
+                self.barcodes = None
+                self.barcode_bytes = (raw if raw.dtype.kind == "S" else
+                                      np.char.encode(np.asarray(decode_strings(raw), dtype=str), "utf-8"))
+            del raw
+            n_read = len(self.barcode_bytes if self.barcodes is None else self.barcodes)
             feats = m["features"]
             ids = _strings(feats["id"])
             names = _strings(feats["name"]) if "name" in feats else ids
             types = _strings(feats["feature_type"]) if "feature_type" in feats else [GEX] * len(ids)
             if len(ids) != n_features:
                 raise InputError(f"{path}: matrix/features has {len(ids)} features but matrix/shape says {n_features}")
-            if len(self.barcodes) != n_barcodes:
-                raise InputError(f"{path}: matrix/barcodes has {len(self.barcodes)} barcodes but matrix/shape "
-                                 f"says {n_barcodes}")
-            if not self.barcodes.is_unique:
+            if n_read != n_barcodes:
+                raise InputError(f"{path}: matrix/barcodes has {n_read} barcodes but matrix/shape says {n_barcodes}")
+            if self.barcodes is not None and not self.barcodes.is_unique:
                 raise InputError(f"{path}: matrix/barcodes: barcode {first_duplicate(self.barcodes)!r} appears "
                                  f"more than once")
             self.nnz = int(m["data"].shape[0])

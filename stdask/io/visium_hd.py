@@ -174,7 +174,8 @@ class VisiumHDSource(SpaceRangerImages, TableSource):
         if not matrix_path.is_file():
             raise InputError(f"{folder}: no {count_file} (a Visium HD bin folder holds {FILTERED_MATRIX} and "
                              f"{RAW_MATRIX})")
-        self._matrix = TenxH5Matrix(matrix_path, gex_only=gex_only)
+        # barcodes kept as bytes: at 2 um a slide has 10^6-10^7 bins (their uniqueness is checked on int keys)
+        self._matrix = TenxH5Matrix(matrix_path, gex_only=gex_only, barcode_index=False)
         self._scalefactors = read_scalefactors(spatial / "scalefactors_json.json")
         sf_bin = self._scalefactors.get("bin_size_um")
         if sf_bin is not None and sf_bin != self.bin_size:
@@ -188,8 +189,10 @@ class VisiumHDSource(SpaceRangerImages, TableSource):
             self._row_map = np.full(len(keep), -1, dtype=np.int64)
             self._row_map[keep] = np.arange(int(keep.sum()), dtype=np.int64)
         self._coords = np.column_stack([pos["pxl_col_in_fullres"][keep], pos["pxl_row_in_fullres"][keep]])
-        index = self._matrix.barcodes if self._row_map is None else self._matrix.barcodes[keep]
-        self._obs = pd.DataFrame({c: pos[c][keep] for c in ("in_tissue", "array_row", "array_col")}, index=index)
+        barcodes = self._matrix.barcode_bytes
+        self._barcodes = barcodes if self._row_map is None else barcodes[keep]
+        # a RangeIndex: the names are made a tile at a time by obs_names
+        self._obs = pd.DataFrame({c: pos[c][keep] for c in ("in_tissue", "array_row", "array_col")})
         outs = folder.parent.parent if folder.parent.name == "binned_outputs" else folder
         self.library_id = library_id if library_id is not None else default_library_id(self._matrix, outs)
         self._images = read_images([spatial, outs / "spatial"]) if load_images else {}
@@ -208,6 +211,18 @@ class VisiumHDSource(SpaceRangerImages, TableSource):
                              f"{present}")
         self._folder = folders[int(bin_size)]
         return int(bin_size)
+
+    def obs_names(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows),) str barcodes of the kept bins at positions ``rows``."""
+        return np.char.decode(self._barcodes[rows], "utf-8")
+
+    @property
+    def obs(self) -> pd.DataFrame:
+        """The kept bins' ``in_tissue``, ``array_row``, ``array_col``, indexed by barcode (a whole-slice index
+        of strings: ingest reads :meth:`obs_names` a tile at a time instead)."""
+        obs = self._obs.copy()
+        obs.index = pd.Index(self.obs_names(np.arange(len(obs))), dtype=object)
+        return obs
 
     # --- metadata -------------------------------------------------------------------------------------
     @property

@@ -40,14 +40,14 @@ class ObsStreamWriter:
 
     ROWS_PER_CHUNK = 65_536
 
-    def __init__(self, table: zarr.Group, columns: dict[str, np.dtype]) -> None:
+    def __init__(self, table: zarr.Group, columns: dict[str, np.dtype], xy_first: bool = True) -> None:
         self.obs = table.create_group("obs")
         self.obsm = table.create_group("obsm", attributes=DICT.attrs())
         c = self.ROWS_PER_CHUNK
         opts = {"compressors": compressors(), "config": WRITE_CONFIG}  # every chunk written and checksummed
         self.index = self.obs.create_array("_index", shape=(0,), dtype=str, chunks=(c,), **opts)
         self.columns = {name: self.obs.create_array(name, shape=(0,), dtype=dt, chunks=(c,), **opts)
-                        for name, dt in {"x": np.float64, "y": np.float64, **columns}.items()}
+                        for name, dt in _column_order(columns, xy_first).items()}
         self.spatial = self.obsm.create_array("spatial", shape=(0, 2), dtype=np.float64, chunks=(c, 2), **opts)
         self.n = 0
         self.lo = np.array([np.inf, np.inf])
@@ -81,6 +81,13 @@ class ObsStreamWriter:
                                **DATAFRAME.attrs()})
         record_chunks(self.obs)
         record_chunks(self.spatial)
+
+
+def _column_order(columns: dict[str, np.dtype], xy_first: bool) -> dict[str, np.dtype]:
+    """obs columns in store order: x, y first (bins and cells made by ingest) or after the input's own columns
+    (as a table written whole orders them)."""
+    xy = {"x": np.dtype(np.float64), "y": np.dtype(np.float64)}
+    return {**xy, **columns} if xy_first else {**columns, **xy}
 
 
 def write_elem(group: zarr.Group, key: str, value: Any) -> None:
@@ -153,10 +160,11 @@ class StoreBuilder:
                 raise ValueError(f"{name}: tile {tile} block has {len(indptr) - 1} rows, expected {n_rows}")
             w.append(indptr, indices, data)
 
-    def stream_obs(self, columns: dict[str, np.dtype] | None = None) -> None:
+    def stream_obs(self, columns: dict[str, np.dtype] | None = None, xy_first: bool = True) -> None:
         """Switch to streamed obs: call :meth:`append_obs` with each tile's observations, then
-        ``finish(None, None, ...)``."""
-        self._obs_stream = ObsStreamWriter(self.table, columns or {})
+        ``finish(None, None, ...)``; ``x`` and ``y`` come before ``columns`` or, with ``xy_first=False``, after
+        them."""
+        self._obs_stream = ObsStreamWriter(self.table, columns or {}, xy_first)
 
     def append_obs(self, names: np.ndarray, x: np.ndarray, y: np.ndarray, **columns: np.ndarray) -> None:
         """Observations of the tile just appended (same rows, same order)."""
