@@ -6,7 +6,10 @@ an explicit ``backend=``). A kernel without a GPU variant runs its CPU variant o
 written against this registry keeps working while GPU variants are added one at a time.
 
 GPU kernels are written with ``numba.cuda`` so that the CPU test suite runs the very same kernel code under
-numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``); a GPU machine runs it compiled. Work that runs in tasks
+numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``); a GPU machine runs it compiled. Every GPU variant gives
+the CPU variant's results exactly (integer counts and integer gram sums; floating-point steps in the CPU's
+order, with products that NVVM must not fuse into an FMA written as ``__dmul_rn``); ``bench/gpu.py`` checks
+this on a GPU and times both. Work that runs in tasks
 reads the backend on the client and passes it to the tasks explicitly, so remote workers follow the caller's
 choice. Kernels take arrays, never datasets: this layer sits below :mod:`stdask.dataset`.
 """
@@ -48,6 +51,10 @@ CPU: dict[str, str] = {
 #: the CPU variant)
 GPU: dict[str, str] = {
     "background_counts": "gpu.cci:background_counts",
+    "discrete_batch": "gpu.interactions:discrete_batch",
+    "sets_batch": "gpu.interactions:sets_batch",
+    "csr_gram": "gpu.gram:csr_gram",
+    "csr_xtxw": "gpu.gram:csr_xtxw",
 }
 
 

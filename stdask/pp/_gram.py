@@ -90,7 +90,7 @@ def _dense_split(B: np.ndarray, scale: np.ndarray, b: int) -> tuple[np.ndarray, 
     return H, np.rint((Y - H) * 2.0**b)
 
 
-def gram_block(block, exps: np.ndarray, b: int) -> tuple:
+def gram_block(block, exps: np.ndarray, b: int, backend: str = "cpu") -> tuple:
     """Exact integer gram partial of one block.
 
     Parameters
@@ -112,7 +112,7 @@ def gram_block(block, exps: np.ndarray, b: int) -> tuple:
     scale = np.ldexp(1.0, b - exps)
     if sp.issparse(block):
         m = _canonical(block)
-        acc, sums = get_kernel("csr_gram")(m.indptr, m.indices, m.data, scale, b, g)
+        acc, sums = get_kernel("csr_gram", backend)(m.indptr, m.indices, m.data, scale, b, g)
         return n, acc, sums
     acc = np.zeros((g, g, 2), dtype=np.int64)
     sums = np.zeros((g, 2), dtype=np.int64)
@@ -153,7 +153,7 @@ def y_exponents(rowmax_l1: float, W: np.ndarray) -> np.ndarray:
     return column_exponents(bound)
 
 
-def xtxw_block(block, W: np.ndarray, exps: np.ndarray, yexps: np.ndarray, b: int) -> tuple:
+def xtxw_block(block, W: np.ndarray, exps: np.ndarray, yexps: np.ndarray, b: int, backend: str = "cpu") -> tuple:
     """Exact integer partial of ``X^T (X W)`` (and of column sums and sums of squares) for one block.
 
     Returns ``(rows, acc, sums)``: acc (n_cols, l, 2) int64, sums (n_cols, 4) int64. ``X W`` is computed
@@ -161,7 +161,7 @@ def xtxw_block(block, W: np.ndarray, exps: np.ndarray, yexps: np.ndarray, b: int
     kernel as CSR.
     """
     m = _canonical(block)
-    acc, sums = get_kernel("csr_xtxw")(m.indptr, m.indices, m.data, np.ascontiguousarray(W, dtype=np.float64),
+    acc, sums = get_kernel("csr_xtxw", backend)(m.indptr, m.indices, m.data, np.ascontiguousarray(W, dtype=np.float64),
                                        np.ldexp(1.0, b - exps), np.ldexp(1.0, b - yexps), b)
     return m.shape[0], acc, sums
 

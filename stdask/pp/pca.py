@@ -26,6 +26,7 @@ import scipy.sparse as sp
 
 from ..dataset import SpatialDataset
 from ..results import writes_results
+from ..settings import settings
 from . import _gram
 from ..blocks import gene_mask, get_matrix, map_rows, tree_reduce, var_column
 from .normalize import scale_block
@@ -102,7 +103,7 @@ def fit_pca(arrays: list[da.Array], n_comps: int, *, zero_center: bool = True, s
     b = _gram.slice_bits(n)
     if solver == "covariance_eigh":
         _, acc, sums = _reduce_all(arrays, _gram.gram_block, _gram.add_partials, progress, "pca: covariance",
-                                     exps=exps, b=b)
+                                     exps=exps, b=b, backend=settings.backend)
         G, s = _gram.finish_gram(acc, sums, exps, b)
         mean = s / n
         M = G - n * np.outer(mean, mean) if zero_center else G
@@ -122,7 +123,7 @@ def fit_pca(arrays: list[da.Array], n_comps: int, *, zero_center: bool = True, s
         yexps = _gram.y_exponents(rowmax, W)
         _, acc, sums = _reduce_all(arrays, _gram.xtxw_block, _gram.add_partials, progress,
                                      f"pca: randomized pass {it + 1}/{n_iter + 1}", W=W, exps=exps, yexps=yexps,
-                                     b=b)
+                                     b=b, backend=settings.backend)
         Y, s, s2 = _gram.finish_xtxw(acc, sums, exps, yexps, b)
         mean = s / n
         MW = Y - n * np.outer(mean, mean @ W) if zero_center else Y

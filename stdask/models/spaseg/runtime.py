@@ -45,8 +45,14 @@ def auto_threads(pixels: int) -> int:
 
 
 def resolve_device(device: str | None = None) -> str:
-    """``None``/``"auto"`` -> ``"cuda"`` when available, else ``"cpu"``."""
+    """The torch device of a model: ``device`` as given; ``None``/``"auto"`` -> ``"cuda"`` when torch sees a
+    CUDA device, else ``"cpu"``; ``None`` with ``stdask.settings.backend == "gpu"`` -> ``"cuda"``, an error when
+    torch has no CUDA (a CPU build of torch would otherwise train on the CPU without a word)."""
+    from ...settings import settings
+
     torch = _torch()
+    if device is None and settings.backend == "gpu":
+        device = "cuda"
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     if str(device).startswith("cuda") and not torch.cuda.is_available():

@@ -24,6 +24,7 @@ from ...backend.cpu.interactions import STREAM_TAG
 from ...dataset import SpatialDataset
 from ...random_streams import name_key
 from ...results import writes_results
+from ...settings import settings
 from .interaction_result import CCIInteractions
 from .result import CCIResult
 
@@ -155,16 +156,18 @@ def _batches(cost: np.ndarray, lrs_per_task: int | None) -> list[tuple[int, int]
     return out
 
 
-def _batch_task(data, a: int, b: int, e_ptr, eu, ev, mut, k_ptr, endpoints, keys, n_perms: int, columns):
-    """One dask task: LRs a..b-1 (``data`` is the shared (N,) codes or (N, T) presence array)."""
+def _batch_task(data, a: int, b: int, e_ptr, eu, ev, mut, k_ptr, endpoints, keys, n_perms: int, columns,
+                backend: str = "cpu"):
+    """One dask task: LRs a..b-1 (``data`` is the shared (N,) codes or (N, T) presence array), on the client's
+    ``backend`` (read by the caller: a worker's own setting is not the user's)."""
     ea, eb = e_ptr[a], e_ptr[b]
     ka, kb = k_ptr[a], k_ptr[b]
     args = (e_ptr[a:b + 1] - ea, eu[ea:eb], ev[ea:eb], mut[ea:eb], k_ptr[a:b + 1] - ka, endpoints[ka:kb],
             keys[a:b], int(n_perms), STREAM_TAG)
     if columns is None:
         codes, T = data
-        return get_kernel("discrete_batch")(codes, T, *args)
-    return get_kernel("sets_batch")(data, bool(columns), *args)
+        return get_kernel("discrete_batch", backend)(codes, T, *args)
+    return get_kernel("sets_batch", backend)(data, bool(columns), *args)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -449,7 +452,7 @@ def _permutation_counts(edges: _Edges, cells: _Cells, lrs: np.ndarray, n_perms: 
     task = dask.delayed(_batch_task, pure=True)
     arrays = [dask.delayed(a, pure=True)
               for a in (edges.e_ptr, edges.eu, edges.ev, edges.mut, edges.k_ptr, edges.endpoints, keys)]
-    tasks = [task(shared_d, a, b, *arrays, n_perms, cells.columns) for a, b in batches]
+    tasks = [task(shared_d, a, b, *arrays, n_perms, cells.columns, settings.backend) for a, b in batches]
     out = compute(*tasks, scheduler=scheduler, progress=progress, desc=f"{caller}: {n_perms} permutations")
     raw = np.concatenate([o[0] for o in out]).reshape(len(lrs), T, T)
     ge = np.concatenate([o[1] for o in out]).reshape(len(lrs), T, T)

@@ -3,16 +3,26 @@
 Default numerics: neighbour sums in float64 over neighbours in ascending global row order, divided by
 |N(i)| in float64 — independent of tiling. Exact-parity mode (Q7, for tests against stLearn): sums in the
 matrix dtype (float32) in a supplied neighbour order, divided by |N(i)| in that dtype, as stLearn does.
+
+The sparse products ``W @ X`` are written once against a sparse module (:func:`sparse_modules`): scipy.sparse
+on the CPU backend, cupyx.scipy.sparse (cuSPARSE) on the GPU backend, so the CPU tests run the code the GPU
+runs. W is binary, so each product term is a value of X exactly; only the order of a row's float64 sum can
+differ on the GPU (cuSPARSE does not promise scipy's order). Sums of float32 values whose magnitudes span
+less than ``2**(53 - 24 - log2(degree))`` are exact in float64, hence the same in any order: true of
+normalised expression, but not guaranteed for arbitrary data.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 import scipy.sparse as sp
 
 from ...dataset import Tile
 from ...gr.radius import radius_block
+from ...settings import settings
 
 
 @dataclass
@@ -81,7 +91,51 @@ def tile_neighbourhood(tile: Tile, radius: float, lib: np.ndarray | None = None,
     return Neighbourhood(W, counts, order=order)
 
 
-def neighbour_means(nb: Neighbourhood, X_cols: sp.spmatrix, rows: np.ndarray | None = None) -> np.ndarray:
+def sparse_modules(backend: str | None = None) -> tuple[ModuleType, ModuleType]:
+    """(array module, sparse module) of ``backend`` (default :attr:`stdask.settings.backend`).
+
+    numpy and scipy.sparse on ``"cpu"``; cupy and cupyx.scipy.sparse on ``"gpu"``, except under numba's CUDA
+    simulator (``NUMBA_ENABLE_CUDASIM=1``, a GPU backend on a machine without one), which has no cupy: there
+    the GPU backend's numba.cuda kernels are simulated and its array code runs on numpy and scipy.
+    """
+    backend = settings.backend if backend is None else backend
+    if backend == "gpu" and os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":  # pragma: no cover - needs a GPU
+        import cupy
+        import cupyx.scipy.sparse
+
+        return cupy, cupyx.scipy.sparse
+    return np, sp
+
+
+def sparse_product(W, X, xsp: ModuleType, dtype=None) -> sp.csr_matrix:
+    """``W @ X`` computed by the sparse module ``xsp``, returned on the host.
+
+    Parameters
+    ----------
+    W
+        (n, m) host CSR (kept as it is by scipy: its stored entry order is the summation order).
+    X
+        (m, k) host matrix (CSR, CSC or dense).
+    xsp
+        ``scipy.sparse`` or ``cupyx.scipy.sparse`` (from :func:`sparse_modules`).
+    dtype
+        Convert X to this dtype first (None: keep it).
+
+    Returns
+    -------
+    (n, k) host scipy CSR of ``upcast(W.dtype, X.dtype)`` (scipy: a dense ndarray when X is dense): scipy's
+    result, or cuSPARSE's copied back.
+    """
+    if not xsp.issparse(W):
+        W = xsp.csr_matrix(W)
+    if dtype is not None or xsp is not sp:  # else scipy takes X as it is (CSR, CSC or dense)
+        X = xsp.csr_matrix(X if sp.issparse(X) else sp.csr_matrix(X), dtype=dtype)
+    out = W @ X
+    return out if xsp is sp else out.get()  # cupyx sparse -> scipy sparse
+
+
+def neighbour_means(nb: Neighbourhood, X_cols: sp.spmatrix, rows: np.ndarray | None = None,
+                    backend: str | None = None) -> np.ndarray:
     """Dense neighbour means of some own rows for some genes.
 
     Parameters
@@ -92,6 +146,8 @@ def neighbour_means(nb: Neighbourhood, X_cols: sp.spmatrix, rows: np.ndarray | N
         (n_tile, k) tile matrix restricted to the genes needed (CSC or CSR).
     rows
         Own-row positions wanted (default all own rows).
+    backend
+        Where the product runs (:func:`sparse_modules`; default :attr:`stdask.settings.backend`).
 
     Returns
     -------
@@ -112,19 +168,21 @@ def neighbour_means(nb: Neighbourhood, X_cols: sp.spmatrix, rows: np.ndarray | N
             out = acc / counts.astype(np.float32)[:, None]
         out[counts == 0] = 0
         return out.astype(np.float64)
+    _, xsp = sparse_modules(backend)
     if nb.within:
-        return np.asarray((W @ X_cols).toarray(), dtype=np.float64)
-    sums = np.asarray((W @ sp.csr_matrix(X_cols, dtype=np.float64)).toarray())
+        return np.asarray(sparse_product(W, X_cols, xsp).toarray(), dtype=np.float64)
+    sums = np.asarray(sparse_product(W, X_cols, xsp, np.float64).toarray())
     out = np.zeros_like(sums)
     nz = counts > 0
     out[nz] = sums[nz] / counts[nz, None]
     return out
 
 
-def neighbour_sums_sparse(nb: Neighbourhood, X: sp.spmatrix, start: int = 0, stop: int | None = None
-                          ) -> tuple[sp.csr_matrix, np.ndarray | None]:
+def neighbour_sums_sparse(nb: Neighbourhood, X: sp.spmatrix, start: int = 0, stop: int | None = None,
+                          backend: str | None = None) -> tuple[sp.csr_matrix, np.ndarray | None]:
     """Neighbour sums of own rows ``start:stop`` (default all) for all columns of ``X`` (tile rows, CSR), and
-    what each row's sums are divided by to give the means.
+    what each row's sums are divided by to give the means; the product runs on ``backend``
+    (:func:`sparse_modules`).
 
     Returns
     -------
@@ -137,7 +195,7 @@ def neighbour_sums_sparse(nb: Neighbourhood, X: sp.spmatrix, start: int = 0, sto
     stop = nb.W.shape[0] if stop is None else stop
     if nb.order is not None:
         return sp.csr_matrix(neighbour_means(nb, X, np.arange(start, stop))), None
-    sums = sp.csr_matrix(nb.W[start:stop] @ X)
+    sums = sp.csr_matrix(sparse_product(nb.W[start:stop], X, sparse_modules(backend)[1]))
     if nb.within:
         return sums, None
     counts = nb.counts[start:stop]
@@ -145,11 +203,11 @@ def neighbour_sums_sparse(nb: Neighbourhood, X: sp.spmatrix, start: int = 0, sto
     return sums, np.where(counts > 0, counts, 1).astype(np.float64)
 
 
-def neighbour_means_sparse(nb: Neighbourhood, X: sp.spmatrix, start: int = 0, stop: int | None = None
-                           ) -> sp.csr_matrix:
+def neighbour_means_sparse(nb: Neighbourhood, X: sp.spmatrix, start: int = 0, stop: int | None = None,
+                           backend: str | None = None) -> sp.csr_matrix:
     """(stop - start, n_genes) CSR float64 neighbour means of own rows ``start:stop`` (default all) for all
-    columns of ``X`` (tile rows, CSR); indices unsorted."""
-    sums, divisor = neighbour_sums_sparse(nb, X, start, stop)
+    columns of ``X`` (tile rows, CSR); indices unsorted; the product runs on ``backend``."""
+    sums, divisor = neighbour_sums_sparse(nb, X, start, stop, backend)
     if divisor is not None:
         sums.data = sums.data / np.repeat(divisor, np.diff(sums.indptr))
     return sums

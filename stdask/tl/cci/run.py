@@ -73,7 +73,7 @@ def _observed(x_own: sp.csr_matrix, means_of, lcol: np.ndarray, rcol: np.ndarray
 
 
 def _pass1(tile: Tile, *, radius: float, genes: np.ndarray, lcol: np.ndarray, rcol: np.ndarray, min_expr: float,
-           order_of: Mapping | None, n_vars: int) -> dict:
+           order_of: Mapping | None, n_vars: int, backend: str = "cpu") -> dict:
     """Observed scores of all candidate pairs at the tile's own rows, and the own rows' non-zeros by gene."""
     nb = tile_neighbourhood(tile, radius, order_of=order_of)
     X = _tile_matrix(tile)
@@ -88,7 +88,7 @@ def _pass1(tile: Tile, *, radius: float, genes: np.ndarray, lcol: np.ndarray, rc
         b = min(a + _ROW_BLOCK, tile.n_own)
         rows = None if (a, b) == (0, tile.n_own) else np.arange(a, b)  # one block: no row-subset copy of W
         s = get_kernel("pair_scores")(np.ascontiguousarray(x_own[a:b].toarray(), dtype=np.float64),
-                                      np.ascontiguousarray(neighbour_means(nb, Xg, rows)), lcol, rcol,
+                                      np.ascontiguousarray(neighbour_means(nb, Xg, rows, backend)), lcol, rcol,
                                       float(min_expr))
         n_pos += np.count_nonzero(s > 0, axis=0)
     return {"n_pos": n_pos, "n_neighbours": nb.counts,
@@ -120,10 +120,10 @@ def _pass2(tile: Tile, *, radius: float, columns: np.ndarray, genes: np.ndarray,
     for a in range(0, tile.n_own, _ROW_BLOCK):
         b = min(a + _ROW_BLOCK, tile.n_own)
         if backend == "cpu":  # the CPU kernel divides the sums as it reads them: no divided copy of the block
-            means, divisor = neighbour_sums_sparse(nb, X, a, b)
+            means, divisor = neighbour_sums_sparse(nb, X, a, b, backend)
             kw = {"divisor": divisor}
         else:
-            means, divisor, kw = neighbour_means_sparse(nb, X, a, b), None, {}
+            means, divisor, kw = neighbour_means_sparse(nb, X, a, b, backend), None, {}
         x_own = X[a:b]
         rows, pair, score = _observed(x_own[:, genes], partial(_dense_means, means, genes, divisor), lcol, rcol,
                                       min_expr)
@@ -359,6 +359,7 @@ def _run_pass1(ds: SpatialDataset, prep: _Prepared, radius: float, layer: str, m
     the own rows' non-zeros by gene), in tile order."""
     res1 = map_tiles(ds, _pass1, halo=radius, layer=layer, **tiles, desc="cci: observed scores", radius=radius,
                      genes=prep.genes, lcol=prep.lcol, rcol=prep.rcol, min_expr=min_expr, n_vars=ds.n_vars,
+                     backend=settings.backend,
                      order_of=dask.delayed(order_of, pure=True, traverse=False) if order_of is not None else None)
     return [r for _, r in res1]
 
