@@ -42,6 +42,8 @@ CPU: dict[str, str] = {
     "csr_bounds": "cpu.gram:csr_bounds",
     "csr_gram": "cpu.gram:csr_gram",
     "csr_xtxw": "cpu.gram:csr_xtxw",
+    # sparse products (neighbour sums of stdask.tl.cci)
+    "csr_product": "cpu.sparse:csr_product",
     # spatial graphs (stdask.gr)
     "cell_starts": "cpu.graph:cell_starts",
     "radius_scan": "cpu.graph:radius_scan",

@@ -20,6 +20,7 @@ from types import ModuleType
 import numpy as np
 import scipy.sparse as sp
 
+from ...backend import get_kernel
 from ...dataset import Tile
 from ...gr.radius import radius_block
 from ...settings import settings
@@ -91,6 +92,11 @@ def tile_neighbourhood(tile: Tile, radius: float, lib: np.ndarray | None = None,
     return Neighbourhood(W, counts, order=order)
 
 
+#: multiply-adds (estimated) from which a CPU product runs on every core: below it scipy's one-core product is
+#: as fast, and a process's first call does not pay for loading the parallel kernel (the arrays are the same)
+_PARALLEL_PRODUCT_WORK = 5e6
+
+
 def sparse_modules(backend: str | None = None) -> tuple[ModuleType, ModuleType]:
     """(array module, sparse module) of ``backend`` (default :attr:`stdask.settings.backend`).
 
@@ -124,12 +130,16 @@ def sparse_product(W, X, xsp: ModuleType, dtype=None) -> sp.csr_matrix:
     Returns
     -------
     (n, k) host scipy CSR of ``upcast(W.dtype, X.dtype)`` (scipy: a dense ndarray when X is dense): scipy's
-    result, or cuSPARSE's copied back.
+    result, or cuSPARSE's copied back. On the CPU, a product of two float64 CSR matrices runs on every core
+    (:func:`stdask.backend.cpu.sparse.csr_product`, scipy's arrays byte for byte).
     """
     if not xsp.issparse(W):
         W = xsp.csr_matrix(W)
     if dtype is not None or xsp is not sp:  # else scipy takes X as it is (CSR, CSC or dense)
         X = xsp.csr_matrix(X if sp.issparse(X) else sp.csr_matrix(X), dtype=dtype)
+    if (xsp is sp and W.format == "csr" and sp.issparse(X) and X.format == "csr" and W.dtype == np.float64
+            and X.dtype == np.float64 and W.nnz * (X.nnz / max(X.shape[0], 1)) >= _PARALLEL_PRODUCT_WORK):
+        return get_kernel("csr_product", "cpu")(W, X)
     out = W @ X
     return out if xsp is sp else out.get()  # cupyx sparse -> scipy sparse
 
