@@ -156,18 +156,19 @@ def _batches(cost: np.ndarray, lrs_per_task: int | None) -> list[tuple[int, int]
     return out
 
 
-def _batch_task(data, a: int, b: int, e_ptr, eu, ev, mut, k_ptr, endpoints, keys, n_perms: int, columns,
-                backend: str = "cpu"):
+def _batch_task(data, a: int, b: int, source, keys, n_perms: int, columns, backend: str = "cpu"):
     """One dask task: LRs a..b-1 (``data`` is the shared (N,) codes or (N, T) presence array), on the client's
-    ``backend`` (read by the caller: a worker's own setting is not the user's)."""
-    ea, eb = e_ptr[a], e_ptr[b]
-    ka, kb = k_ptr[a], k_ptr[b]
-    args = (e_ptr[a:b + 1] - ea, eu[ea:eb], ev[ea:eb], mut[ea:eb], k_ptr[a:b + 1] - ka, endpoints[ka:kb],
-            keys[a:b], int(n_perms), STREAM_TAG)
+    ``backend`` (read by the caller: a worker's own setting is not the user's). ``source`` is the LRs' edges
+    (:class:`_Edges`) or what they are built from (:class:`_EdgeInputs`: built here, for these LRs only, so no
+    process ever holds the edges of every LR). Returns the kernel's (raw, ge) and the number of edges."""
+    e_ptr, eu, ev, mut, k_ptr, endpoints = source.lr_range(a, b)
+    args = (e_ptr, eu, ev, mut, k_ptr, endpoints, keys[a:b], int(n_perms), STREAM_TAG)
     if columns is None:
         codes, T = data
-        return get_kernel("discrete_batch", backend)(codes, T, *args)
-    return get_kernel("sets_batch", backend)(data, bool(columns), *args)
+        raw, ge = get_kernel("discrete_batch", backend)(codes, T, *args)
+    else:
+        raw, ge = get_kernel("sets_batch", backend)(data, bool(columns), *args)
+    return raw, ge, len(eu)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -282,7 +283,8 @@ def run_cci(
     cells = _cell_types(ds, use_label, spot_mixtures, mixture_key, cell_prop_cutoff)
     tested = _tested_lrs(result, min_spots, sig_spots)
     edges = _qualifying_edges(ds, result, tested, cells.rank, scheduler, progress)
-    raw, ge = _permutation_counts(edges, cells, tested.names, n_perms, seed, lrs_per_task, scheduler, progress)
+    raw, ge, n_edges = _permutation_counts(edges, cells, tested.names, n_perms, seed, lrs_per_task, scheduler,
+                                           progress)
     pvals, sig_m, summary = _pvalues_and_summary(raw, ge, n_perms, p_cutoff, result.lr_summary, tested.index, use_label)
     inter = CCIInteractions(
         str(use_label), tested.names, np.asarray(cells.types, dtype=str), raw.astype(np.int64), sig_m, pvals,
@@ -291,7 +293,7 @@ def run_cci(
          "sig_spots": bool(sig_spots), "spot_mixtures": bool(spot_mixtures),
          "cell_prop_cutoff": float(cell_prop_cutoff), "distance": edges.radius,
          "permutation": "rows" if cells.columns is None or not cells.columns else "columns",
-         "n_edges": int(len(edges.eu)), "seconds": round(time.perf_counter() - t_start, 3)})
+         "n_edges": n_edges, "seconds": round(time.perf_counter() - t_start, 3)})
     inter.store(ds)
     return inter
 
@@ -404,10 +406,61 @@ class _Edges:
     k_ptr: np.ndarray  # (n_tested + 1,) LR j's endpoints are endpoints[k_ptr[j]:k_ptr[j + 1]]
     endpoints: np.ndarray  # canonical rank of each endpoint spot
 
+    def lr_range(self, a: int, b: int) -> tuple:
+        """(e_ptr, eu, ev, mut, k_ptr, endpoints) of LRs a..b-1, pointers from 0."""
+        ea, eb = self.e_ptr[a], self.e_ptr[b]
+        ka, kb = self.k_ptr[a], self.k_ptr[b]
+        return (self.e_ptr[a:b + 1] - ea, self.eu[ea:eb], self.ev[ea:eb], self.mut[ea:eb],
+                self.k_ptr[a:b + 1] - ka, self.endpoints[ka:kb])
+
+    def costs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(n_lr,) edges and endpoints of each LR."""
+        return np.diff(self.e_ptr), np.diff(self.k_ptr)
+
+
+@dataclass
+class _EdgeInputs:
+    """What every tested LR's qualifying edges are built from (``build_edges``), in the tasks, a range of LRs at
+    a time: the edges of all LRs together grow with the slice (~2 x 10^8 at 3 x 10^6 spots) and are never
+    gathered."""
+
+    radius: float  # the neighbourhood radius run used (0: within-spot mode)
+    n_obs: int
+    g_ptr: np.ndarray  # (N + 1,) neighbour graph, CSR (unused within spot)
+    g_idx: np.ndarray
+    s_ptr: np.ndarray  # (n_tested + 1,) significant rows of each LR, CSC-like
+    s_rows: np.ndarray
+    x_ptr: np.ndarray  # rows expressing each needed gene, CSC-like
+    x_rows: np.ndarray
+    lgene: np.ndarray  # (n_tested,) column of x_ptr of each LR's ligand / receptor
+    rgene: np.ndarray
+    rank: np.ndarray  # (N,) canonical (obs-name) rank of each row
+
+    def lr_range(self, a: int, b: int) -> tuple:
+        """(e_ptr, eu, ev, mut, k_ptr, endpoints) of LRs a..b-1: ``build_edges`` on their significant rows, then
+        endpoints renumbered canonically -- per LR, so the same arrays as building all LRs and slicing."""
+        sa, sb = self.s_ptr[a], self.s_ptr[b]
+        s_rows = self.s_rows[sa:sb]
+        within = self.radius == 0
+        cap = int(len(s_rows)) if within else int(np.diff(self.g_ptr)[s_rows].sum())
+        e_ptr, eu, ev, mut, k_ptr, endpoints = get_kernel("build_edges")(
+            self.n_obs, self.g_ptr, self.g_idx, within, self.s_ptr[a:b + 1] - sa, s_rows, self.x_ptr, self.x_rows,
+            self.lgene[a:b], self.rgene[a:b], cap)
+        eu, ev, k_ptr, endpoints = _canonical(eu, ev, e_ptr, k_ptr, self.rank[endpoints])
+        return e_ptr, eu, ev, mut, k_ptr, endpoints
+
+    def costs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(n_lr,) upper bounds of each LR's edges and endpoints (its significant rows' degrees; 1 within spot)."""
+        deg = np.ones(self.n_obs, np.int64) if self.radius == 0 else np.diff(self.g_ptr)
+        per_row = np.concatenate([[0], np.cumsum(deg[self.s_rows])])
+        cap = per_row[self.s_ptr[1:]] - per_row[self.s_ptr[:-1]]
+        return cap, 2 * cap
+
 
 def _qualifying_edges(ds: SpatialDataset, result: CCIResult, tested: _Tested, rank: np.ndarray, scheduler,
-                      progress: bool) -> _Edges:
-    """Expression of the LR genes, the neighbourhood ``run`` used, and from them the qualifying edges."""
+                      progress: bool) -> _EdgeInputs:
+    """Expression of the LR genes and the neighbourhood ``run`` used: what the tasks build the qualifying edges
+    from."""
     n_obs = ds.n_obs
     var = pd.Index(ds.var_names)
     lig = var.get_indexer(result.pairs.ligand[tested.index])
@@ -420,43 +473,36 @@ def _qualifying_edges(ds: SpatialDataset, result: CCIResult, tested: _Tested, ra
     radius = float(result.params.get("distance", np.nan))
     if not np.isfinite(radius):
         raise ValueError("the result records no neighbourhood distance (params['distance']); re-run run()")
-    within = radius == 0
-    if within:
+    if radius == 0:
         g_ptr, g_idx = np.zeros(n_obs + 1, np.int64), np.zeros(0, np.int64)
-        deg = np.ones(n_obs, np.int64)
     else:
         g = _graph(ds, radius, scheduler, progress)
         g_ptr, g_idx = g.indptr.astype(np.int64), g.indices.astype(np.int64)
-        deg = np.diff(g_ptr)
-    cap = int(deg[tested.s_rows].sum())
-    e_ptr, eu, ev, mut, k_ptr, endpoints = get_kernel("build_edges")(
-        n_obs, g_ptr, g_idx, within, tested.s_ptr, tested.s_rows, x_ptr, x_rows, np.searchsorted(genes, lig),
-        np.searchsorted(genes, rec), cap)
-    eu, ev, k_ptr, endpoints = _canonical(eu, ev, e_ptr, k_ptr, rank[endpoints])
-    return _Edges(radius, e_ptr, eu, ev, mut, k_ptr, endpoints)
+    return _EdgeInputs(radius, n_obs, g_ptr, g_idx, tested.s_ptr, tested.s_rows, x_ptr, x_rows,
+                       np.searchsorted(genes, lig), np.searchsorted(genes, rec), rank)
 
 
-def _permutation_counts(edges: _Edges, cells: _Cells, lrs: np.ndarray, n_perms: int, seed: int,
+def _permutation_counts(edges: _Edges | _EdgeInputs, cells: _Cells, lrs: np.ndarray, n_perms: int, seed: int,
                         lrs_per_task: int | None, scheduler, progress: bool,
-                        caller: str = "run_cci") -> tuple[np.ndarray, np.ndarray]:
-    """(n_tested, T, T) observed counts M and #{k : M^k >= M}, in LR batches (dask tasks); ``caller``
-    names the progress bar."""
+                        caller: str = "run_cci") -> tuple[np.ndarray, np.ndarray, int]:
+    """(n_tested, T, T) observed counts M and #{k : M^k >= M}, in LR batches (dask tasks), and the number of
+    qualifying edges; ``caller`` names the progress bar."""
     from ...cluster import compute
 
     T = len(cells.types)
     keys = np.array([[int(seed), name_key(name)] for name in lrs], dtype=np.uint64).reshape(-1, 2)
-    n_e, n_k = np.diff(edges.e_ptr), np.diff(edges.k_ptr)
+    n_e, n_k = edges.costs()
     cost = (n_perms + 1) * (n_e + n_k * (1 if cells.columns is None else T)) + 1.0
     batches = _batches(cost, lrs_per_task)
     shared_d = dask.delayed(cells.shared, pure=True)
     task = dask.delayed(_batch_task, pure=True)
-    arrays = [dask.delayed(a, pure=True)
-              for a in (edges.e_ptr, edges.eu, edges.ev, edges.mut, edges.k_ptr, edges.endpoints, keys)]
-    tasks = [task(shared_d, a, b, *arrays, n_perms, cells.columns, settings.backend) for a, b in batches]
+    source = dask.delayed(edges, pure=True, traverse=False)
+    keys_d = dask.delayed(keys, pure=True)
+    tasks = [task(shared_d, a, b, source, keys_d, n_perms, cells.columns, settings.backend) for a, b in batches]
     out = compute(*tasks, scheduler=scheduler, progress=progress, desc=f"{caller}: {n_perms} permutations")
     raw = np.concatenate([o[0] for o in out]).reshape(len(lrs), T, T)
     ge = np.concatenate([o[1] for o in out]).reshape(len(lrs), T, T)
-    return raw, ge
+    return raw, ge, int(sum(o[2] for o in out))
 
 
 def _pvalues_and_summary(raw: np.ndarray, ge: np.ndarray, n_perms: int, p_cutoff: float, summary: pd.DataFrame,
