@@ -190,6 +190,8 @@ def _ingest_obs(src: Source, store: Path, tile_size, overwrite, chunk_size, spil
             tiles = np.flatnonzero(tile_rows)
             if stream:
                 b.stream_obs({c: obs[c].dtype for c in obs.columns}, xy_first=False)
+                # names held by the obs table are sliced per tile; a RangeIndex means the source makes them
+                held = None if isinstance(obs.index, pd.RangeIndex) else np.asarray(obs.index.to_numpy(), dtype=str)
             for t in progress_bar(tiles, desc="write tiles", unit="tile", disable=not progress):
                 r0, n = int(tile_start[t]), int(tile_rows[t])
                 blocks = {}
@@ -201,7 +203,8 @@ def _ingest_obs(src: Source, store: Path, tile_size, overwrite, chunk_size, spil
                 b.append_tile(int(t), n, blocks)
                 if stream:
                     rows = perm[r0:r0 + n]
-                    b.append_obs(src.obs_names(rows), coords[rows, 0], coords[rows, 1],
+                    names = src.obs_names(rows) if held is None else held[rows]
+                    b.append_obs(names, coords[rows, 0], coords[rows, 1],
                                  **{c: obs[c].to_numpy()[rows] for c in obs.columns})
             obsm = {k: np.asarray(v)[perm] for k, v in src.obsm.items()}
             if point_spill is not None:

@@ -35,7 +35,10 @@ class ObsStreamWriter:
     """Stream the obs table (AnnData ``dataframe`` encoding) and ``obsm['spatial']`` tile by tile.
 
     Used when observations are created during ingest (bins, cells): names and coordinates go to disk as
-    each tile is written, so memory does not grow with the number of observations.
+    tiles are written, so memory does not grow with the number of observations. Rows are buffered up to one
+    chunk (:attr:`ROWS_PER_CHUNK`) and written a whole chunk at a time: an append per tile would resize every
+    array (a metadata write each) and rewrite its last chunk, which for thousands of small tiles costs more
+    than the data.
     """
 
     ROWS_PER_CHUNK = 65_536
@@ -49,7 +52,10 @@ class ObsStreamWriter:
         self.columns = {name: self.obs.create_array(name, shape=(0,), dtype=dt, chunks=(c,), **opts)
                         for name, dt in _column_order(columns, xy_first).items()}
         self.spatial = self.obsm.create_array("spatial", shape=(0, 2), dtype=np.float64, chunks=(c, 2), **opts)
-        self.n = 0
+        self.n = 0  # rows appended
+        self._written = 0  # rows on disk
+        self._buf: list[dict[str, np.ndarray]] = []
+        self._buffered = 0
         self.lo = np.array([np.inf, np.inf])
         self.hi = np.array([-np.inf, -np.inf])
 
@@ -57,20 +63,35 @@ class ObsStreamWriter:
         k = len(names)
         if k == 0:
             return
-        a, b = self.n, self.n + k
-        self.index.resize((b,))
-        self.index[a:b] = np.asarray(names, dtype=object)
         values = {"x": x, "y": y, **columns}
-        for name, arr in self.columns.items():
-            arr.resize((b,))
-            arr[a:b] = np.asarray(values[name], dtype=arr.dtype)
-        self.spatial.resize((b, 2))
-        self.spatial[a:b] = np.column_stack([x, y])
+        part = {name: np.asarray(values[name], dtype=arr.dtype) for name, arr in self.columns.items()}
+        part["_index"] = np.asarray(names, dtype=object)
+        self._buf.append(part)
+        self._buffered += k
         self.lo = np.minimum(self.lo, [np.min(x), np.min(y)])
         self.hi = np.maximum(self.hi, [np.max(x), np.max(y)])
-        self.n = b
+        self.n += k
+        if self._buffered >= self.ROWS_PER_CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write the buffered rows (one resize per array)."""
+        if not self._buffered:
+            return
+        a, b = self._written, self._written + self._buffered
+        joined = {name: np.concatenate([p[name] for p in self._buf]) for name in self._buf[0]}
+        self._buf, self._buffered = [], 0
+        self.index.resize((b,))
+        self.index[a:b] = joined["_index"]
+        for name, arr in self.columns.items():
+            arr.resize((b,))
+            arr[a:b] = joined[name]
+        self.spatial.resize((b, 2))
+        self.spatial[a:b] = np.column_stack([joined["x"], joined["y"]])
+        self._written = b
 
     def close(self, tile: np.ndarray) -> None:
+        self._flush()
         t = self.obs.create_array("tile", shape=(len(tile),), dtype=np.int32, chunks=(self.ROWS_PER_CHUNK,),
                                   compressors=compressors(), config=WRITE_CONFIG)
         t[:] = tile

@@ -283,8 +283,7 @@ def run_cci(
     cells = _cell_types(ds, use_label, spot_mixtures, mixture_key, cell_prop_cutoff)
     tested = _tested_lrs(result, min_spots, sig_spots)
     edges = _qualifying_edges(ds, result, tested, cells.rank, scheduler, progress)
-    raw, ge, n_edges = _permutation_counts(edges, cells, tested.names, n_perms, seed, lrs_per_task, scheduler,
-                                           progress)
+    raw, ge, n_e = _permutation_counts(edges, cells, tested.names, n_perms, seed, lrs_per_task, scheduler, progress)
     pvals, sig_m, summary = _pvalues_and_summary(raw, ge, n_perms, p_cutoff, result.lr_summary, tested.index, use_label)
     inter = CCIInteractions(
         str(use_label), tested.names, np.asarray(cells.types, dtype=str), raw.astype(np.int64), sig_m, pvals,
@@ -293,7 +292,7 @@ def run_cci(
          "sig_spots": bool(sig_spots), "spot_mixtures": bool(spot_mixtures),
          "cell_prop_cutoff": float(cell_prop_cutoff), "distance": edges.radius,
          "permutation": "rows" if cells.columns is None or not cells.columns else "columns",
-         "n_edges": n_edges, "seconds": round(time.perf_counter() - t_start, 3)})
+         "n_edges": n_e, "seconds": round(time.perf_counter() - t_start, 3)})
     inter.store(ds)
     return inter
 
