@@ -212,8 +212,8 @@ def _ingest_obs(src: Source, store: Path, tile_size, overwrite, chunk_size, spil
             for name, (image, affine) in src.images.items():
                 write_source_image(b.root, name, image, affine, src.unit, src.microns_per_unit)
             polygons = shapes == "polygons"
-            b.finish(None if stream else obs.iloc[perm], None if stream else coords[perm], unit=src.unit, spot_diameter=src.spot_diameter, obsm=obsm,
-                     uns=src.uns, provenance=prov,
+            b.finish(None if stream else obs.iloc[perm], None if stream else coords[perm], unit=src.unit,
+                     spot_diameter=src.spot_diameter, obsm=obsm, uns=src.uns, provenance=prov,
                      shapes=None if polygons else ShapeSpec(src.shapes_name, "circle", src.spot_diameter),
                      microns_per_unit=src.microns_per_unit)
             if polygons:

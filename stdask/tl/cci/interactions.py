@@ -441,7 +441,8 @@ class _EdgeInputs:
         sa, sb = self.s_ptr[a], self.s_ptr[b]
         s_rows = self.s_rows[sa:sb]
         within = self.radius == 0
-        cap = int(len(s_rows)) if within else int(np.diff(self.g_ptr)[s_rows].sum())
+        # the rows' degrees only (not a diff of the whole graph's pointer in every task)
+        cap = int(len(s_rows)) if within else int((self.g_ptr[s_rows + 1] - self.g_ptr[s_rows]).sum())
         e_ptr, eu, ev, mut, k_ptr, endpoints = get_kernel("build_edges")(
             self.n_obs, self.g_ptr, self.g_idx, within, self.s_ptr[a:b + 1] - sa, s_rows, self.x_ptr, self.x_rows,
             self.lgene[a:b], self.rgene[a:b], cap)
