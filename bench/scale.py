@@ -106,6 +106,20 @@ def digest(*parts) -> str:
     return h.hexdigest()[:16]
 
 
+def digest_matrices(res) -> str:
+    """Short SHA-1 of an LR result's three matrices read a row block at a time (never whole): per matrix the
+    per-row entry counts, column indices and values, each as one stream, so block boundaries do not change it."""
+    import numpy as np
+
+    hs = [hashlib.sha1() for _ in range(9)]
+    for _, blocks in res.row_blocks(("count", "padj", "score")):
+        for k, m in enumerate(blocks):
+            for h, a in zip(hs[3 * k:3 * k + 3], (np.diff(m.indptr).astype(np.int64), m.indices.astype(np.int64),
+                                                  m.data)):
+                h.update(np.ascontiguousarray(a).tobytes())
+    return digest(*(h.hexdigest() for h in hs))
+
+
 # ----------------------------------------------------------------------------------------------------
 # child: the chip's bin1 records, streamed into a store
 # ----------------------------------------------------------------------------------------------------
@@ -228,7 +242,7 @@ def run_step(step: str, ds, threads: int) -> dict:
                       layer="normalized", progress=False, verbose=False)
         return {"n_lr": len(res.lr_summary), "n_sig": int(res.lr_summary["n_spots_sig"].sum()),
                 "lr_summary": digest(res.lr_summary.to_csv()),
-                "lr_pvals": digest(res.counts, res.padj, res.scores)}
+                "lr_pvals": digest_matrices(res)}
     if step == "cci":
         inter = cci.run_cci(ds, "cell_type", n_perms=N_PERMS, progress=False)
         return {"cci_pvals": digest(inter.pvals, inter.raw), "n_tested": len(inter.lrs)}

@@ -106,6 +106,10 @@ def _read_block(path: str, version: str, name: str, start: int, stop: int, n_var
     return open_cached(path, version, table).store.read_rows(start, stop, name)
 
 
+def _read_result_block(path: str, version: str, slot: str, key: str, start: int, stop: int) -> sp.csr_matrix:
+    return open_cached(path, version).store.result_rows(slot, key, start, stop)
+
+
 T = TypeVar("T")
 
 
@@ -391,6 +395,22 @@ class SpatialDataset:
         time without holding the matrix; for a CSR matrix, rows that store no entry in column ``j`` get
         ``fill``."""
         return self.store.column(slot, key, j, fill, rows_per_read)
+
+    def stored_result_rows(self, slot: str, key: str, rows_per_block: int = 1 << 16) -> da.Array:
+        """The stored CSR matrix ``slot[key]`` (as written, whatever is pending) as a dask array of CSR row
+        blocks of ``rows_per_block`` rows, read from the store when computed."""
+        info = self.store.element_info(slot, key)
+        if info.kind != "csr":
+            raise TypeError(f"{self.path}: {slot}[{key!r}] is a {info.spec.encoding!r} element, not a CSR matrix")
+        n, version = info.shape[0], self.store.version
+        bounds = [(a, min(n, a + rows_per_block)) for a in range(0, n, rows_per_block)] or [(0, 0)]
+        # the element's own metadata file: a rewrite of the element (a new commit) is a new file
+        st = (self.path / TABLE_PATH / slot / key / "zarr.json").stat()
+        name = f"stdask-{slot}-{key}-{version}-{st.st_ino}-{st.st_mtime_ns}-{rows_per_block}"
+        dsk = {(name, i, 0): (_read_result_block, str(self.path), version, slot, key, a, b)
+               for i, (a, b) in enumerate(bounds)}
+        chunks = (tuple(b - a for a, b in bounds), (info.shape[1],))
+        return da.Array(dsk, name, chunks, meta=sp.csr_matrix((0, 0), dtype=info.dtype))
 
     def copy(self) -> "SpatialDataset":
         """The same store opened again, with a copy of the pending results (the values themselves are shared:

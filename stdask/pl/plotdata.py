@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import warnings
 
+import dask
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -162,7 +163,11 @@ class PlotData:
         """(n_obs,) column ``j`` of a stored sparse obsm matrix, streamed in row blocks (memory: one block),
         ``fill`` where no entry is stored."""
         if ("obsm", key) in self.data.pending:
-            return _column(sp.csr_matrix(self.data.get_result("obsm", key)), j, fill)
+            m = self.data.get_result("obsm", key)
+            if dask.is_dask_collection(m):  # a run's pending matrix: its row blocks, one at a time
+                return np.concatenate([_column(sp.csr_matrix(dask.compute(m.blocks[i], scheduler="sync")[0]), j, fill)
+                                       for i in range(m.numblocks[0])])
+            return _column(sp.csr_matrix(m), j, fill)
         return self.data.result_column("obsm", key, j, fill, rows_per_read)
 
     def _has_obsm(self, key: str) -> bool:

@@ -283,6 +283,13 @@ class StoreReader:
                 out[a + rows] = read_checked(g["data"], slice(lo, hi))[hit]
         return out
 
+    def result_rows(self, slot: str, key: str, start: int, stop: int) -> sp.csr_matrix:
+        """Rows ``start:stop`` of the stored CSR element ``slot[key]`` (one contiguous read per array)."""
+        info = self.element_info(slot, key)
+        if info.kind != "csr":
+            raise TypeError(f"{self.path}: {slot}[{key!r}] is a {info.spec.encoding!r} element, not a CSR matrix")
+        return read_csr_range(self._node(slot, key), start, stop, info.shape[1])
+
     def row_counts(self, slot: str, key: str) -> np.ndarray:
         """(n_rows,) int64 stored entries per row of the CSR element ``slot[key]``; only its ``indptr`` is read."""
         info = self.element_info(slot, key)

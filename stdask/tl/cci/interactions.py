@@ -303,7 +303,7 @@ def _checked_inputs(ds: SpatialDataset, result: CCIResult | None, n_perms: int, 
     if result is None:
         result = CCIResult.load(ds)
     n_obs = ds.n_obs
-    if result.scores.shape[0] != n_obs or not pd.Index(result.obs_names).equals(pd.Index(ds.obs_names)):
+    if result.shape[0] != n_obs or not pd.Index(result.obs_names).equals(pd.Index(ds.obs_names)):
         raise ValueError("result does not belong to this dataset (its observations differ); pass the "
                          "CCIResult that run() returned for ds")
     n_perms = int(n_perms)
@@ -382,15 +382,36 @@ def _tested_lrs(result: CCIResult, min_spots: int, sig_spots: bool) -> _Tested:
         raise ValueError(f"no LR pair has {col} > min_spots={min_spots}; lower min_spots, use sig_spots=False, "
                          "or re-run run() with more relaxed parameters")
     lrs = summary.index.to_numpy()[tested].astype(str)
-    if sig_spots:
-        ok = result.padj.copy()
-        ok.data = (ok.data < result.cutoff).astype(np.float64)
-        sig = sp.csr_matrix(result.scores.multiply(ok)) > 0
-    else:
-        sig = result.scores > 0
-    sig = sp.csc_matrix(sig[:, tested])
-    sig.sort_indices()
-    return _Tested(tested, lrs, sig.indptr.astype(np.int64), sig.indices.astype(np.int64))
+    # two reads of the matrices a row block at a time (a run's matrices stay in its parts or in the store):
+    # the counts per LR, then each LR's rows in place; only the (tested LR, row) pairs that count are held
+    col_of = np.full(len(summary), -1, np.int64)
+    col_of[tested] = np.arange(len(tested))
+    s_ptr = np.zeros(len(tested) + 1, np.int64)
+    for _, cols, _ in _senders(result, col_of, sig_spots):
+        s_ptr[1:] += np.bincount(cols, minlength=len(tested))
+    np.cumsum(s_ptr, out=s_ptr)
+    s_rows = np.empty(int(s_ptr[-1]), np.int64)
+    fill = s_ptr[:-1].copy()
+    for start, cols, rows in _senders(result, col_of, sig_spots):
+        o = np.argsort(cols, kind="stable")  # rows stay ascending within each LR
+        cols, rows = cols[o], rows[o]
+        per = np.bincount(cols, minlength=len(tested))
+        first = np.cumsum(per) - per  # each LR's first position in this block's sorted entries
+        s_rows[fill[cols] + np.arange(len(cols)) - first[cols]] = rows + start
+        fill += per
+    return _Tested(tested, lrs, s_ptr, s_rows)
+
+
+def _senders(result: CCIResult, col_of: np.ndarray, sig_spots: bool):
+    """Per row block of the result: (first row, tested-LR column, row in block) of the entries with score > 0
+    (and p_adj < cutoff with ``sig_spots``), grouped by row."""
+    for start, (score, padj) in result.row_blocks(("score", "padj")):
+        keep = score.data > 0
+        if sig_spots:
+            keep &= padj.data < result.cutoff
+        rows = np.repeat(np.arange(score.shape[0], dtype=np.int64), np.diff(score.indptr))[keep]
+        cols = col_of[score.indices[keep]]
+        yield start, cols[cols >= 0], rows[cols >= 0]
 
 
 @dataclass

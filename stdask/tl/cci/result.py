@@ -3,12 +3,18 @@
 Only tested entries (score > 0) are stored: at 10^6 cells x 1,500 pairs a dense float64 matrix is 12 GB and
 stLearn keeps five. p-values are kept exact as integer exceedance counts plus ``n_pairs``. Dense matrices
 with stLearn's layout are built only on export (:meth:`CCIResult.stlearn_obsm`).
+
+A run's matrices stay where its tasks wrote them (:mod:`.entries`) and a loaded result's in the store: both are
+dask arrays of row blocks, read whole only when ``scores``, ``counts`` or ``padj`` is asked for (and by
+:meth:`CCIResult.adjusted`); :meth:`CCIResult.row_blocks` and :meth:`CCIResult.store` never read them whole.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Iterator
 
+import dask
+import dask.array as da
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -16,30 +22,16 @@ import scipy.sparse as sp
 from ...backend import get_kernel
 from .correction import adjust_grouped
 from .database import LRPairs
+from .entries import KINDS, EntryParts, csr_structure
 
 STLEARN_KEYS = ("lr_scores", "p_vals", "p_adjs", "-log10(p_adjs)", "lr_sig_scores")
 
 
-def _csr_structure(n_obs: int, rows: np.ndarray, cols: np.ndarray, values: list[np.ndarray]):
-    """CSR ``indptr``/``indices`` of entries (rows, cols), with ``values`` reordered in place to match.
-
-    Entries come grouped by row (tile order, then row order inside a tile) but not sorted by column: each
-    row's few entries are sorted in place, so no whole-size permutation or value copy is made. Unsorted rows
-    fall back to one global sort.
-    """
-    rows = np.asarray(rows)
-    if len(rows) > 1 and not np.all(rows[1:] >= rows[:-1]):
-        perm = np.lexsort((cols, rows))
-        rows, cols = rows[perm], cols[perm]
-        for k, v in enumerate(values):
-            values[k] = v[perm]
-    indptr = np.zeros(n_obs + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows, minlength=n_obs), out=indptr[1:])
-    indices = np.ascontiguousarray(cols, dtype=np.int32)
-    get_kernel("sort_rows_inplace")(indptr, indices, *values)
-    if indptr[-1] < 2**31:
-        indptr = indptr.astype(np.int32)
-    return indptr, indices, values
+#: obsm key of each matrix
+OBSM_KEYS = {"score": "lr_scores", "count": "lr_pval_counts", "padj": "p_adjs"}
+_ATTR = {"score": "_scores", "count": "_counts", "padj": "_padj"}
+#: rows per block when stored matrices are read lazily
+_STORED_ROWS = 1 << 16
 
 
 @dataclass
@@ -57,45 +49,75 @@ class CCIResult:
         The valid pairs, in ``lr_summary`` order.
     scores, counts, padj
         (n_obs, n_lr) CSR over the tested entries (one shared index structure): float64 scores, int32
-        exceedance counts, float64 adjusted p-values.
+        exceedance counts, float64 adjusted p-values. A result of :func:`~stdask.tl.cci.run` or
+        :meth:`load` holds them as ``lazy`` dask arrays of row blocks and reads them into memory only when
+        one of these is asked for; :meth:`row_blocks` and :meth:`store` never do.
     n_pairs
         Background pairs per LR (p = max(count, 1) / n_pairs).
+    lazy
+        ``{"score" | "count" | "padj": (n_obs, n_lr) dask array of CSR row blocks}`` (same row chunks), or
+        ``None`` when the matrices are in memory.
     """
 
     obs_names: pd.Index
     pairs: LRPairs
     lr_summary: pd.DataFrame
     lrfeatures: pd.DataFrame
-    scores: sp.csr_matrix
-    counts: sp.csr_matrix
-    padj: sp.csr_matrix
+    _scores: sp.csr_matrix | None = field(repr=False)
+    _counts: sp.csr_matrix | None = field(repr=False)
+    _padj: sp.csr_matrix | None = field(repr=False)
     n_pairs: int
     min_expr: float
     cutoff: float
     params: dict = field(default_factory=dict)
     background_pairs: dict | None = None
+    lazy: dict[str, da.Array] | None = field(default=None, repr=False)
 
     # ---- construction ---------------------------------------------------------------------------------
+    @staticmethod
+    def _ordered(names: np.ndarray, n_spots, n_sig, n_sig_p) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+        """``lr_summary`` (Q1: n_spots_sig desc, then name), the pairs' order and each pair's rank in it."""
+        order = np.lexsort((names.astype(str), -np.asarray(n_sig)))
+        rank = np.empty(len(names), np.int64)
+        rank[order] = np.arange(len(names))
+        summary = pd.DataFrame({"n_spots": np.asarray(n_spots)[order].astype(np.int64),
+                                "n_spots_sig": np.asarray(n_sig)[order].astype(np.int64),
+                                "n_spots_sig_pval": np.asarray(n_sig_p)[order].astype(np.int64)},
+                               index=pd.Index(names[order], dtype=object))
+        return summary, order, rank
+
+    @classmethod
+    def from_parts(cls, *, parts: list[dict], n_obs: int, obs_names, pairs: LRPairs, folder: str, n_pairs: int,
+                   min_expr: float, cutoff: float, lrfeatures, params, background_pairs=None) -> "CCIResult":
+        """The result of pass 2's parts (:mod:`.entries`): each part's row range, entries and per-pair counts
+        (``n_spots``, ``n_sig``, ``n_sig_p``), summed here; the matrices stay in the parts' files."""
+        from .entries import covering
+
+        n_lr = len(pairs)
+        counts = [np.zeros(n_lr, np.int64) for _ in range(3)]
+        for p in parts:
+            for acc, k in zip(counts, ("n_spots", "n_sig", "n_sig_p")):
+                acc += p[k]
+        summary, order, rank = cls._ordered(pairs.names, *counts)
+        starts, stops, nnz = covering(n_obs, [(p["start"], p["stop"], p["nnz"]) for p in parts])
+        entries = EntryParts(str(folder), starts, stops, nnz, rank, int(n_obs)).own()
+        return cls(pd.Index(obs_names), LRPairs(pairs.ligand[order], pairs.receptor[order]), summary, lrfeatures,
+                   None, None, None, int(n_pairs), float(min_expr), float(cutoff), params, background_pairs,
+                   entries.arrays())
+
     @classmethod
     def from_entries(cls, *, n_obs, obs_names, pairs: LRPairs, rows, pair, score, count, padj, n_pairs, min_expr,
                      cutoff, lrfeatures, params, background_pairs=None, consume: bool = False) -> "CCIResult":
         n_lr = len(pairs)
-        names = pairs.names
-        n_spots, n_sig, n_sig_p = get_kernel("summary_counts")(
+        counts = get_kernel("summary_counts")(
             np.asarray(pair), np.asarray(score, dtype=np.float64), np.asarray(count),
             np.asarray(padj, dtype=np.float64), n_lr, float(n_pairs), float(min_expr), float(cutoff))
-        order = np.lexsort((names.astype(str), -n_sig))  # Q1: n_spots_sig desc, then name
-        rank = np.empty(n_lr, np.int64)
-        rank[order] = np.arange(n_lr)
-        summary = pd.DataFrame({"n_spots": n_spots[order].astype(np.int64),
-                                "n_spots_sig": n_sig[order].astype(np.int64),
-                                "n_spots_sig_pval": n_sig_p[order].astype(np.int64)},
-                               index=pd.Index(names[order], dtype=object))
+        summary, order, rank = cls._ordered(pairs.names, *counts)
         col = rank.astype(np.int32)[pair]
         # the entries are re-ordered in place: copy them unless the caller hands them over (``consume``)
         take = np.asarray if consume else np.array
         vals = [take(score, dtype=np.float64), take(count, dtype=np.int32), take(padj, dtype=np.float64)]
-        indptr, indices, (sv, cv, pv) = _csr_structure(n_obs, rows, col, vals)
+        indptr, indices, (sv, cv, pv) = csr_structure(n_obs, rows, col, vals)
         del col, vals
         # the three matrices share one index structure (they have the same entries)
         scores, counts, padj_m = (sp.csr_matrix((v, indices, indptr), shape=(n_obs, n_lr)) for v in (sv, cv, pv))
@@ -103,6 +125,51 @@ class CCIResult:
             m.has_sorted_indices = True
         return cls(pd.Index(obs_names), LRPairs(pairs.ligand[order], pairs.receptor[order]), summary, lrfeatures,
                    scores, counts, padj_m, int(n_pairs), float(min_expr), float(cutoff), params, background_pairs)
+
+    # ---- the matrices ------------------------------------------------------------------------------------
+    def _in_memory(self, kind: str) -> sp.csr_matrix | None:
+        return getattr(self, _ATTR[kind])
+
+    def _matrix(self, kind: str) -> sp.csr_matrix:
+        """Matrix ``kind`` in memory (a lazy one read whole, once)."""
+        m = self._in_memory(kind)
+        if m is None:
+            m = _gathered(self.lazy[kind])
+            setattr(self, _ATTR[kind], m)
+        return m
+
+    @property
+    def scores(self) -> sp.csr_matrix:
+        return self._matrix("score")
+
+    @property
+    def counts(self) -> sp.csr_matrix:
+        return self._matrix("count")
+
+    @property
+    def padj(self) -> sp.csr_matrix:
+        return self._matrix("padj")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(n_obs, n_lr)."""
+        return (len(self.obs_names), len(self.lr_summary))
+
+    def row_blocks(self, kinds: tuple[str, ...] = KINDS, rows: int = _STORED_ROWS
+                   ) -> Iterator[tuple[int, list[sp.csr_matrix]]]:
+        """``(start, [block of each of kinds])`` over consecutive row blocks, one block in memory at a time
+        (lazy matrices: their own blocks, read in this process; in-memory ones: ``rows`` at a time)."""
+        if self.lazy is None or all(self._in_memory(k) is not None for k in kinds):
+            ms = [self._matrix(k) for k in kinds]
+            for a in range(0, self.shape[0], rows):
+                yield a, [m[a:a + rows] for m in ms]
+            return
+        arrs = [self.lazy[k] for k in kinds]
+        start = 0
+        for i, n in enumerate(arrs[0].chunks[0]):
+            blocks = dask.compute(*(a.blocks[i] for a in arrs), scheduler="sync")
+            yield start, [sp.csr_matrix(b) for b in blocks]
+            start += n
 
     # ---- views -------------------------------------------------------------------------------------------
     @property
@@ -174,10 +241,11 @@ class CCIResult:
 
     # ---- storage -----------------------------------------------------------------------------------------
     def store(self, ds) -> None:
-        """Attach to ``ds`` (written by ``ds.write()``): sparse obsm matrices and uns tables."""
-        ds.set_result("obsm", "lr_scores", self.scores)
-        ds.set_result("obsm", "lr_pval_counts", self.counts)
-        ds.set_result("obsm", "p_adjs", self.padj)
+        """Attach to ``ds`` (written by ``ds.write()``): sparse obsm matrices and uns tables. Lazy matrices are
+        attached as they are and streamed into the store by the write, a row block at a time."""
+        for kind, key in OBSM_KEYS.items():
+            m = self._in_memory(kind)
+            ds.set_result("obsm", key, m if m is not None else self.lazy[kind])
         ds.set_result("uns", "lr_summary", self.lr_summary)
         ds.set_result("uns", "lrfeatures", self.lrfeatures)
         ds.set_result("uns", "lr_cci", {"n_pairs": self.n_pairs, "min_expr": self.min_expr, "cutoff": self.cutoff,
@@ -187,15 +255,39 @@ class CCIResult:
 
     @classmethod
     def load(cls, ds) -> "CCIResult":
-        """Read results stored by :meth:`store` (pending or written)."""
+        """Results stored by :meth:`store` (pending or written); written matrices are read lazily, in row
+        blocks, when they are used."""
         meta = ds.get_result("uns", "lr_cci")
         summary = ds.get_result("uns", "lr_summary")
         pairs = LRPairs(np.asarray(meta["ligand"], dtype=object), np.asarray(meta["receptor"], dtype=object))
-        return cls(pd.Index(ds.obs_names), pairs, summary, ds.get_result("uns", "lrfeatures"),
-                   sp.csr_matrix(ds.get_result("obsm", "lr_scores")),
-                   sp.csr_matrix(ds.get_result("obsm", "lr_pval_counts")),
-                   sp.csr_matrix(ds.get_result("obsm", "p_adjs")), int(meta["n_pairs"]), float(meta["min_expr"]),
-                   float(meta["cutoff"]), dict(meta.get("params", {})))
+        found = {kind: _lazy_matrix(ds, key) for kind, key in OBSM_KEYS.items()}
+        if all(isinstance(m, da.Array) for m in found.values()):
+            mats, lazy = [None, None, None], found
+        else:
+            mats, lazy = [_gathered(m) if isinstance(m, da.Array) else m for m in found.values()], None
+        return cls(pd.Index(ds.obs_names), pairs, summary, ds.get_result("uns", "lrfeatures"), *mats,
+                   int(meta["n_pairs"]), float(meta["min_expr"]), float(meta["cutoff"]), dict(meta.get("params", {})),
+                   lazy=lazy)
+
+
+def _lazy_matrix(ds, key: str):
+    """Pending or stored obsm ``key``: a pending value as it is (CSR), a pending dask array as it is, a stored
+    CSR element as a dask array of row blocks read from the store."""
+    if ("obsm", key) in ds.pending:
+        v = ds.get_result("obsm", key)
+        return v if isinstance(v, da.Array) else sp.csr_matrix(v)
+    return ds.stored_result_rows("obsm", key, _STORED_ROWS)
+
+
+def _gathered(arr: da.Array) -> sp.csr_matrix:
+    """A dask array of CSR row blocks as one CSR (sorted indices; int32 pointers while they fit), its blocks
+    computed in this process one at a time."""
+    blocks = [sp.csr_matrix(dask.compute(arr.blocks[i], scheduler="sync")[0]) for i in range(arr.numblocks[0])]
+    m = sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix(arr.shape, dtype=arr.dtype)
+    m.sort_indices()
+    if m.nnz < 2**31:
+        m.indptr, m.indices = m.indptr.astype(np.int32), m.indices.astype(np.int32)
+    return m
 
 
 def _fill(m: sp.csr_matrix, fill: float) -> np.ndarray:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from ...results import writes_results
 from ...settings import settings
 from ...tilemap import map_tiles, reuse_tiles
 from .correction import adjust_grouped
+from .entries import new_folder, write_part
 from .database import LRPairs, PairMatch, as_pairs, match_pairs
 from .background import Background, BackgroundPairs, background_tables, matched_background
 from .features import GeneValues, column_quantiles_and_median, lr_features
@@ -105,8 +107,10 @@ def _dense_means(means: sp.csr_matrix, genes: np.ndarray, divisor: np.ndarray | 
 
 def _pass2(tile: Tile, *, radius: float, columns: np.ndarray, genes: np.ndarray, lcol: np.ndarray,
            rcol: np.ndarray, min_expr: float, order_of: Mapping | None, tables: tuple, n_pairs: int,
-           adj_method: str, backend: str = "cpu") -> dict:
-    """Observed scores of the valid pairs, background exceedance counts and per-spot adjusted p-values.
+           adj_method: str, cutoff: float, folder: str, backend: str = "cpu") -> dict:
+    """Observed scores of the valid pairs, background exceedance counts and per-spot adjusted p-values of the
+    tile's own rows, written to a part in ``folder`` (:func:`.entries.write_part`); returns the part's row
+    range and entries and the tile's per-pair ``lr_summary`` counts at ``cutoff``.
 
     Only ``columns`` (the var indices of the LR genes and of their matched genes) are read; ``genes``,
     ``lcol``/``rcol`` and the pair tables index into them.
@@ -135,10 +139,18 @@ def _pass2(tile: Tile, *, radius: float, columns: np.ndarray, genes: np.ndarray,
             out[k].append(v)
     rows, pair, score, counts, padj = (np.concatenate(out[k]) if out[k] else np.empty(0)
                                        for k in ("rows", "pair", "score", "count", "padj"))
-    rows = rows.astype(np.int64)
-    # compact dtypes: at 10^6 cells there are ~5 x 10^7 tested entries
-    return {"rows": tile.rows[rows].astype(np.int32 if tile.rows.max(initial=0) < 2**31 else np.int64),
-            "pair": pair.astype(np.int32), "score": score, "count": counts.astype(np.int32), "padj": padj}
+    pair, counts = pair.astype(np.int32), counts.astype(np.int32)
+    # this tile's share of lr_summary; its entries go to a part file, never back to the driver (at 10^6 cells
+    # ~5 x 10^7 tested entries)
+    n_spots, n_sig, n_sig_p = get_kernel("summary_counts")(pair, score, counts, padj, len(lcol), float(n_pairs),
+                                                           float(min_expr), float(cutoff))
+    start = int(tile.rows[0]) if tile.n_own else 0
+    if tile.n_own and int(tile.rows[tile.n_own - 1]) - start != tile.n_own - 1:
+        raise AssertionError("a tile's own rows are not one contiguous range of the store's rows")
+    if len(rows):
+        write_part(folder, start, start + tile.n_own, rows.astype(np.int32), pair, score, counts, padj)
+    return {"start": start, "stop": start + tile.n_own, "nnz": len(rows), "n_spots": n_spots, "n_sig": n_sig,
+            "n_sig_p": n_sig_p}
 
 
 @dataclass
@@ -302,18 +314,22 @@ def run(
     vpairs = LRPairs(prep.pairs.ligand[valid], prep.pairs.receptor[valid])
     feats, bg = _background_setup(ds, vpairs, parts, n_pairs, seed, background_pairs)
     del parts  # the tiles' non-zero values are no longer needed (at 10^6 cells they are ~1 GB)
-    res2 = _run_pass2(ds, bg, radius, layer, min_expr, order_of, n_pairs, adj_method, tiles)
-    rows, pair, score, count, padj = (res2.pop(k) for k in ("rows", "pair", "score", "count", "padj"))
-    result = CCIResult.from_entries(
-        n_obs=ds.n_obs, obs_names=ds.obs_names, pairs=vpairs, rows=rows, pair=pair, score=score, count=count,
-        padj=padj, n_pairs=n_pairs, min_expr=min_expr, cutoff=pval_adj_cutoff, lrfeatures=feats,
+    folder = new_folder(ds.path)
+    try:
+        parts = _run_pass2(ds, bg, radius, layer, min_expr, order_of, n_pairs, adj_method, pval_adj_cutoff,
+                           str(folder), tiles)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    result = CCIResult.from_parts(
+        parts=parts, n_obs=ds.n_obs, obs_names=ds.obs_names, pairs=vpairs, folder=str(folder), n_pairs=n_pairs,
+        min_expr=min_expr, cutoff=pval_adj_cutoff, lrfeatures=feats,
         params={"reference": REFERENCE, "deviations": list(DEVIATIONS), "seed": int(seed), "n_pairs": int(n_pairs),
                 "min_spots": int(min_spots), "distance": float(radius), "min_expr": float(min_expr),
                 "adj_method": adj_method, "pval_adj_cutoff": float(pval_adj_cutoff), "layer": layer,
                 "replayed_background": background_pairs is not None, "exact_order": order_of is not None,
                 **prep.match.params(), "seconds": round(time.perf_counter() - t_start, 3)},
-        background_pairs=BackgroundPairs(bg, pd.Index(ds.var_names).to_numpy()), consume=True,
-    )
+        background_pairs=BackgroundPairs(bg, pd.Index(ds.var_names).to_numpy()))
     result.store(ds)
     return result
 
@@ -443,9 +459,10 @@ def _replayed_pairs(background_pairs: Mapping[str, Any], names, var: pd.Index,
 
 
 def _run_pass2(ds: SpatialDataset, bg: Background, radius: float, layer: str, min_expr: float,
-               order_of: dict | None, n_pairs: int, adj_method: str, tiles: dict[str, Any]) -> dict:
-    """Pass 2 over the tiles (:func:`_pass2`: backgrounds, p-values, per-spot BH), the tiles' entries
-    concatenated."""
+               order_of: dict | None, n_pairs: int, adj_method: str, cutoff: float, folder: str,
+               tiles: dict[str, Any]) -> list[dict]:
+    """Pass 2 over the tiles (:func:`_pass2`: backgrounds, p-values, per-spot BH, entries written to parts in
+    ``folder``): each tile's row range and per-pair counts, in tile order."""
     vl, vr, replay = bg.ligand, bg.receptor, bg.replay
     # pass 2 reads only the genes the LRs and their backgrounds use (a few thousand of a 20-30k panel)
     bg_genes = [np.ravel(t) for t in (replay if replay is not None else bg.matched.values())]
@@ -461,4 +478,4 @@ def _run_pass2(ds: SpatialDataset, bg: Background, radius: float, layer: str, mi
     return map_tiles(ds, _pass2, halo=radius, layer=layer, **tiles, desc="cci: backgrounds", radius=radius,
                      columns=columns, genes=genes2, lcol=lcol2, rcol=rcol2, min_expr=min_expr, order_of=order_d,
                      tables=tables_d, n_pairs=n_pairs, backend=settings.backend, adj_method=adj_method,
-                     combine="concat")
+                     cutoff=float(cutoff), folder=folder, combine=list)

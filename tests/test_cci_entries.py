@@ -1,0 +1,130 @@
+"""LR hotspot results kept out of the driver (issue 17): pass 2's tasks write their entries to parts inside the
+store, ``ds.write()`` streams the matrices, ``run_cci`` reads significance a row block at a time, and the
+scratch folder lives exactly as long as something uses it."""
+from __future__ import annotations
+
+import gc
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+import stdask
+from stdask.tl import cci
+from stdask.tl.cci import entries
+from stdask.tl.cci.interactions import _tested_lrs
+from stdask.tl.cci.result import CCIResult
+
+DATA = Path(__file__).parent / "data"
+RUN = dict(min_spots=20, n_pairs=100, seed=4, progress=False, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    return stdask.ingest(DATA / "ref_N2000.h5ad", tmp_path_factory.mktemp("entries") / "ref.zarr", progress=False,
+                         tile_size=1000)
+
+
+def _folders(path: Path) -> list[Path]:
+    return sorted(Path(path).glob(entries.PREFIX + "*"))
+
+
+def _never_gathered(self, kind):
+    raise AssertionError(f"the whole {kind!r} matrix was read into the driver")
+
+
+def test_run_write_and_run_cci_never_gather_the_matrices(store, tmp_path, monkeypatch):
+    ds = stdask.read(store)
+    assert ds.n_tiles > 4
+    with monkeypatch.context() as m:
+        m.setattr(CCIResult, "_matrix", _never_gathered)
+        res = cci.run(ds, cci.load_lrs(), rows_per_task=300, scheduler="sync", **RUN)
+        assert res.lazy is not None and res.lazy["score"].numblocks[0] > 4
+        assert len(_folders(store)) == 1  # the parts, inside the store
+        ds.write()
+        loaded = CCIResult.load(ds)  # lazy: read from the store a row block at a time
+        inter = cci.run_cci(ds, "cell_type", n_perms=20, seed=1, progress=False, scheduler="sync")
+    # what was written is what the run computed; the same run on one tile gives the same matrices
+    one = cci.run(stdask.read(store), cci.load_lrs(), scheduler="sync", copy=True, **RUN)
+    pd.testing.assert_frame_equal(res.lr_summary, one.lr_summary)
+    for kind, key in (("score", "lr_scores"), ("count", "lr_pval_counts"), ("padj", "p_adjs")):
+        written = sp.csr_matrix(ds.store.read("obsm", key))
+        for other in (res, loaded, one):
+            assert (written != other._matrix(kind)).nnz == 0, (kind, key)
+    # run_cci on the lazily loaded result equals run_cci on the same result held in memory
+    coo_s, coo_c, coo_p = (one._matrix(k).tocoo() for k in ("score", "count", "padj"))
+    in_memory = CCIResult(one.obs_names, one.pairs, one.lr_summary, one.lrfeatures, one.scores, one.counts,
+                          one.padj, one.n_pairs, one.min_expr, one.cutoff, dict(one.params))
+    assert np.array_equal(coo_s.row, coo_p.row) and np.array_equal(coo_c.col, coo_s.col)
+    ref = cci.run_cci(stdask.read(store), "cell_type", result=in_memory, n_perms=20, seed=1, progress=False,
+                      scheduler="sync", copy=True)
+    for name in ("raw", "sig", "pvals"):
+        assert np.array_equal(getattr(inter, name), getattr(ref, name)), name
+
+
+@pytest.mark.parametrize("sig_spots", [True, False])
+def test_senders_read_by_block_equal_a_whole_matrix_computation(store, sig_spots):
+    ds = stdask.read(store)
+    res = cci.run(ds, cci.load_lrs(), rows_per_task=300, scheduler="sync", copy=True, **RUN)
+    got = _tested_lrs(res, 10, sig_spots)
+    # independently: the whole matrices, in CSC
+    keep = res.scores.copy()
+    if sig_spots:
+        keep.data = ((res.scores.data > 0) & (res.padj.data < res.cutoff)).astype(np.float64)
+    keep.eliminate_zeros()
+    csc = sp.csc_matrix(keep[:, got.index])
+    csc.sort_indices()
+    assert np.array_equal(got.s_ptr, csc.indptr) and np.array_equal(got.s_rows, csc.indices)
+    assert len(got.index) > 3
+
+
+def test_scratch_folder_lifetime_and_damage(store, tmp_path):
+    import shutil
+
+    path = tmp_path / "copy.zarr"
+    shutil.copytree(store, path)
+    # a folder left by a process that no longer runs (pid 2**22 + 12345 is above Linux's pid_max default) is
+    # removed by the next run; one of a running process is not; other hidden names are never touched
+    dead = path / f"{entries.PREFIX}{entries._host()}-{2**22 + 12345}-abc"
+    alive = path / f"{entries.PREFIX}{entries._host()}-{os.getpid()}-abc"
+    other = path / ".cci-entries-elsewhere"
+    for d in (dead, alive, other):
+        d.mkdir()
+    ds = stdask.read(path)
+    res = cci.run(ds, cci.load_lrs(), rows_per_task=300, scheduler="sync", **RUN)
+    assert not dead.exists() and alive.exists() and other.exists()
+    (folder,) = [d for d in _folders(path) if d not in (alive, other)]
+    assert len(list(folder.glob("part-*.npz"))) > 4
+    # a missing part is an error that names it, never an empty block
+    part = sorted(folder.glob("part-*.npz"))[2]
+    part.rename(part.with_suffix(".moved"))
+    with pytest.raises(FileNotFoundError, match=part.name):
+        res.scores
+    part.with_suffix(".moved").rename(part)
+    ds.write()  # the pending lazy matrices are streamed; the result still reads its parts after the write
+    assert res.scores.nnz == ds.store.element_info("obsm", "lr_scores").nnz
+    assert folder.exists()
+    del res
+    gc.collect()
+    assert not folder.exists()  # nothing uses the parts any more
+    # a run whose pending result is replaced before it is written leaves nothing behind either
+    cci.run(ds, cci.load_lrs(), **RUN)
+    first = [d for d in _folders(path) if d not in (alive, other)]
+    cci.run(ds, cci.load_lrs(), **RUN)
+    gc.collect()
+    now = [d for d in _folders(path) if d not in (alive, other)]
+    assert len(first) == 1 and len(now) == 1 and now != first
+    ds.write()
+    gc.collect()
+    assert [d for d in _folders(path) if d not in (alive, other)] == []
+    alive.rmdir()
+
+
+def test_covering_adds_empty_ranges_and_refuses_overlaps():
+    starts, stops, nnz = entries.covering(10, [(5, 8, 3), (0, 2, 1)])
+    assert starts.tolist() == [0, 2, 5, 8] and stops.tolist() == [2, 5, 8, 10] and nnz.tolist() == [1, 0, 3, 0]
+    with pytest.raises(ValueError, match="overlap"):
+        entries.covering(10, [(0, 5, 1), (4, 6, 1)])
