@@ -128,3 +128,29 @@ def test_covering_adds_empty_ranges_and_refuses_overlaps():
     assert starts.tolist() == [0, 2, 5, 8] and stops.tolist() == [2, 5, 8, 10] and nnz.tolist() == [1, 0, 3, 0]
     with pytest.raises(ValueError, match="overlap"):
         entries.covering(10, [(0, 5, 1), (4, 6, 1)])
+
+
+
+def test_store_that_cannot_be_written_keeps_its_parts_in_the_temporary_folder(store, tmp_path, monkeypatch):
+    import pathlib
+    import tempfile
+
+    mkdir = pathlib.Path.mkdir
+
+    def refused(self, *a, **k):  # the store's folder refuses new entries, as a read-only share would
+        if self.parent == Path(store):
+            raise PermissionError(13, "Permission denied", str(self))
+        return mkdir(self, *a, **k)
+
+    gc.collect()  # earlier tests' results, and their folders, are gone
+    monkeypatch.setattr(pathlib.Path, "mkdir", refused)
+    before = set(Path(tempfile.gettempdir()).glob(entries.PREFIX + "*"))
+    res = cci.run(stdask.read(store), cci.load_lrs(), rows_per_task=300, scheduler="sync", copy=True, **RUN)
+    (folder,) = set(Path(tempfile.gettempdir()).glob(entries.PREFIX + "*")) - before
+    assert _folders(store) == [] and len(list(folder.glob("part-*.npz"))) > 4
+    monkeypatch.undo()
+    one = cci.run(stdask.read(store), cci.load_lrs(), scheduler="sync", copy=True, **RUN)
+    assert (res.scores != one.scores).nnz == 0 and (res.padj != one.padj).nnz == 0
+    del res
+    gc.collect()
+    assert not folder.exists()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import tempfile
 import uuid
 import weakref
 from dataclasses import dataclass
@@ -84,14 +85,16 @@ def remove_stale(store: str | Path) -> list[Path]:
 
 
 def new_folder(store: str | Path) -> Path:
-    """A fresh scratch folder inside ``store`` (stale ones of this host removed first)."""
-    remove_stale(store)
-    d = Path(store) / f"{PREFIX}{_host()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    """A fresh scratch folder inside ``store`` (stale ones of this host removed first); for a store this process
+    may not write to (a shared read-only slice), one in the system's temporary folder, which workers on this
+    machine reach too."""
+    name = f"{PREFIX}{_host()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
     try:
+        remove_stale(store)
+        d = Path(store) / name
         d.mkdir()
-    except OSError as e:
-        raise OSError(f"cannot create the LR run's scratch folder {d} ({e}); the run keeps its tested entries "
-                      "there (inside the store, so every worker reaches them): open a store you may write to") from e
+    except OSError:
+        d = Path(tempfile.mkdtemp(prefix=name + "-"))
     return d
 
 
