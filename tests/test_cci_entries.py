@@ -154,3 +154,30 @@ def test_store_that_cannot_be_written_keeps_its_parts_in_the_temporary_folder(st
     del res
     gc.collect()
     assert not folder.exists()
+
+
+def test_gene_columns_serve_every_gene_across_parts_and_groups(tmp_path):
+    """Each gene's values from parts of CSC columns, in groups of a few values, against the whole matrix."""
+    from stdask.tl.cci.gene_columns import GeneColumns, write_columns
+
+    rng = np.random.default_rng(2)
+    X = sp.random(700, 40, density=0.1, format="csr", random_state=rng, dtype=np.float32)
+    X[:, 7] = 0.0  # a gene with no value at all
+    X = sp.csr_matrix(X)
+    X.eliminate_zeros()
+    starts = [0, 150, 151, 420]  # parts of 150, 1, 269 and 280 rows
+    for a, b in zip(starts, starts[1:] + [700]):
+        own = sp.csc_matrix(X[a:b])
+        write_columns(str(tmp_path), a, own.indptr, own.data)
+    whole = sp.csc_matrix(X)
+    for group_values in (1, 37, 10**9):  # one gene per group, a few genes, all genes
+        cols = GeneColumns(str(tmp_path), starts, 40, group_values=group_values)
+        assert np.array_equal(cols.nnz, np.diff(whole.indptr))
+        for g in list(range(40)) + [3, 39, 0]:  # ascending, then back (a group is re-read)
+            got = np.sort(cols.values(g))
+            assert np.array_equal(got, np.sort(whole.data[whole.indptr[g]:whole.indptr[g + 1]])), (group_values, g)
+    (tmp_path / "p1-000000000150-indptr.npy").unlink()  # a part missing is an error naming it
+    with pytest.raises(FileNotFoundError, match="p1-000000000150-indptr"):
+        GeneColumns(str(tmp_path), starts, 40)
+    cols.remove()
+    assert list(tmp_path.iterdir()) == []

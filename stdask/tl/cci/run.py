@@ -36,6 +36,7 @@ from ...settings import settings
 from ...tilemap import map_tiles, reuse_tiles
 from .correction import adjust_grouped
 from .entries import new_folder, write_part
+from .gene_columns import GeneColumns, write_columns
 from .database import LRPairs, PairMatch, as_pairs, match_pairs
 from .background import Background, BackgroundPairs, background_tables, matched_background
 from .features import GeneValues, column_quantiles_and_median, lr_features
@@ -75,8 +76,9 @@ def _observed(x_own: sp.csr_matrix, means_of, lcol: np.ndarray, rcol: np.ndarray
 
 
 def _pass1(tile: Tile, *, radius: float, genes: np.ndarray, lcol: np.ndarray, rcol: np.ndarray, min_expr: float,
-           order_of: Mapping | None, n_vars: int, backend: str = "cpu") -> dict:
-    """Observed scores of all candidate pairs at the tile's own rows, and the own rows' non-zeros by gene."""
+           order_of: Mapping | None, n_vars: int, folder: str, backend: str = "cpu") -> dict:
+    """Per candidate pair, the own rows scoring > 0; the own rows' non-zeros by gene written to ``folder``
+    (:func:`.gene_columns.write_columns`)."""
     nb = tile_neighbourhood(tile, radius, order_of=order_of)
     X = _tile_matrix(tile)
     Xg = X[:, genes]
@@ -93,8 +95,9 @@ def _pass1(tile: Tile, *, radius: float, genes: np.ndarray, lcol: np.ndarray, rc
                                       np.ascontiguousarray(neighbour_means(nb, Xg, rows, backend)), lcol, rcol,
                                       float(min_expr))
         n_pos += np.count_nonzero(s > 0, axis=0)
-    return {"n_pos": n_pos, "n_neighbours": nb.counts,
-            "csc_indptr": own.indptr.astype(np.int64), "csc_data": own.data,
+    start = int(tile.rows[0]) if tile.n_own else 0
+    write_columns(folder, start, own.indptr, own.data)
+    return {"n_pos": n_pos, "n_neighbours": nb.counts, "start": start,
             "min_value": float(own.data.min()) if own.nnz else 0.0}
 
 
@@ -309,13 +312,15 @@ def run(
         print(prep.match.message())
     order_of = _order_map(ds, neighbour_order)
     tiles = {"rows_per_task": rows_per_task, "scheduler": scheduler, "progress": progress}
-    parts = _run_pass1(ds, prep, radius, layer, min_expr, order_of, tiles)
-    valid = _valid_pairs(ds, parts, radius, layer, min_spots, allow_negative, verbose)
-    vpairs = LRPairs(prep.pairs.ligand[valid], prep.pairs.receptor[valid])
-    feats, bg = _background_setup(ds, vpairs, parts, n_pairs, seed, background_pairs)
-    del parts  # the tiles' non-zero values are no longer needed (at 10^6 cells they are ~1 GB)
     folder = new_folder(ds.path)
     try:
+        parts = _run_pass1(ds, prep, radius, layer, min_expr, order_of, str(folder), tiles)
+        valid = _valid_pairs(ds, parts, radius, layer, min_spots, allow_negative, verbose)
+        vpairs = LRPairs(prep.pairs.ligand[valid], prep.pairs.receptor[valid])
+        columns = GeneColumns(str(folder), [p["start"] for p in parts], ds.n_vars)
+        del parts
+        feats, bg = _background_setup(ds, vpairs, columns, n_pairs, seed, background_pairs)
+        columns.remove()  # the genes' values on disk are no longer needed (at 10^6 cells ~0.4 GB)
         parts = _run_pass2(ds, bg, radius, layer, min_expr, order_of, n_pairs, adj_method, pval_adj_cutoff,
                            str(folder), tiles)
     except BaseException:
@@ -370,10 +375,11 @@ def _warn_scale(ds: SpatialDataset, layer: str) -> None:
 
 
 def _run_pass1(ds: SpatialDataset, prep: _Prepared, radius: float, layer: str, min_expr: float,
-               order_of: dict | None, tiles: dict[str, Any]) -> list[dict]:
-    """Pass 1 over the tiles: each tile's :func:`_pass1` output (observed scores of every present pair,
-    the own rows' non-zeros by gene), in tile order."""
+               order_of: dict | None, folder: str, tiles: dict[str, Any]) -> list[dict]:
+    """Pass 1 over the tiles: each tile's :func:`_pass1` output (per pair, the rows scoring > 0; the own rows'
+    non-zeros by gene written to ``folder``), in tile order."""
     res1 = map_tiles(ds, _pass1, halo=radius, layer=layer, **tiles, desc="cci: observed scores", radius=radius,
+                     folder=folder,
                      genes=prep.genes, lcol=prep.lcol, rcol=prep.rcol, min_expr=min_expr, n_vars=ds.n_vars,
                      backend=settings.backend,
                      order_of=dask.delayed(order_of, pure=True, traverse=False) if order_of is not None else None)
@@ -406,16 +412,13 @@ def _valid_pairs(ds: SpatialDataset, parts: list[dict], radius: float, layer: st
     return valid
 
 
-def _background_setup(ds: SpatialDataset, vpairs: LRPairs, parts: list[dict], n_pairs: int, seed: int,
+def _background_setup(ds: SpatialDataset, vpairs: LRPairs, columns: GeneColumns, n_pairs: int, seed: int,
                       background_pairs: Mapping[str, Any] | None) -> tuple[pd.DataFrame, Background]:
     """The valid pairs' ``lrfeatures`` and their :class:`Background`: expression-matched genes, with the
-    recorded pairs to replay when ``background_pairs`` is given."""
+    recorded pairs to replay when ``background_pairs`` is given. ``columns`` serves each gene's non-zero values
+    from disk, a group of genes at a time (genes are asked for in ascending order)."""
     n_obs, n_vars = ds.n_obs, ds.n_vars
-
-    # a gene's non-zero values over all tiles, gathered when its quantiles are taken (one gene at a time, so
-    # the tiles' values are never copied into one big regrouped array)
-    def nz(g: int) -> np.ndarray:
-        return np.concatenate([p["csc_data"][p["csc_indptr"][g]:p["csc_indptr"][g + 1]] for p in parts])
+    nz = columns.values
 
     var = pd.Index(ds.var_names)
     vl = var.get_indexer(vpairs.ligand)
@@ -427,7 +430,7 @@ def _background_setup(ds: SpatialDataset, vpairs: LRPairs, parts: list[dict], n_
     lq = np.array([gq[int(g)] for g in vl])
     rq = np.array([gq[int(g)] for g in vr])
     nzmed = {int(g): m for g, m in zip(lr_genes, lr_med)}
-    zero = {int(g): 1.0 - len(nz(g)) / n_obs for g in lr_genes}
+    zero = {int(g): 1.0 - int(columns.nnz[g]) / n_obs for g in lr_genes}
     names = vpairs.names
     feats = lr_features(lq, rq, np.array([nzmed[int(g)] for g in vl]), np.array([nzmed[int(g)] for g in vr]),
                         np.array([zero[int(g)] for g in vl]), np.array([zero[int(g)] for g in vr]), names)
