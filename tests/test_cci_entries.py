@@ -14,6 +14,7 @@ import scipy.sparse as sp
 
 import stdask
 from stdask.tl import cci
+from stdask.store import scratch
 from stdask.tl.cci import entries
 from stdask.tl.cci.interactions import _tested_lrs
 from stdask.tl.cci.result import CCIResult
@@ -110,8 +111,8 @@ def test_scratch_folder_lifetime_and_damage(store, few, tmp_path):
     shutil.copytree(store, path, ignore=shutil.ignore_patterns(entries.PREFIX + "*"))
     # a folder left by a process that no longer runs (pid 2**22 + 12345 is above Linux's pid_max default) is
     # removed by the next run; one of a running process is not; other hidden names are never touched
-    dead = path / f"{entries.PREFIX}{entries._host()}-{2**22 + 12345}-abc"
-    alive = path / f"{entries.PREFIX}{entries._host()}-{os.getpid()}-abc"
+    dead = path / f"{entries.PREFIX}{scratch.host()}-{2**22 + 12345}-abc"
+    alive = path / f"{entries.PREFIX}{scratch.host()}-{os.getpid()}-abc"
     other = path / ".cci-entries-elsewhere"
     for d in (dead, alive, other):
         d.mkdir()

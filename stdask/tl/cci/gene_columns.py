@@ -11,30 +11,23 @@ order of a gene's values (part by part) changes nothing.
 """
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 
+from ...store.scratch import save_npy
+
 #: values (all genes of a group together) held at once; a single larger gene is its own group
 GROUP_VALUES = 1 << 24
-
-
-def _save(path: Path, a: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, a)
-    os.replace(tmp, path)
 
 
 def write_columns(folder: str, start: int, indptr: np.ndarray, data: np.ndarray) -> None:
     """Write the CSC values (``indptr``: (n_vars + 1,) int64, ``data``: (nnz,)) of the rows starting at ``start``,
     each file atomically (a task run twice writes the same content)."""
     base = Path(folder) / f"p1-{start:012d}"
-    _save(base.with_name(base.name + "-data.npy"), np.ascontiguousarray(data))
+    save_npy(base.with_name(base.name + "-data.npy"), np.ascontiguousarray(data))
     # the pointers last: a part is complete once they exist
-    _save(base.with_name(base.name + "-indptr.npy"), np.ascontiguousarray(indptr, dtype=np.int64))
+    save_npy(base.with_name(base.name + "-indptr.npy"), np.ascontiguousarray(indptr, dtype=np.int64))
 
 
 class GeneColumns:

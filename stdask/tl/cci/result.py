@@ -22,7 +22,8 @@ import scipy.sparse as sp
 from ...backend import get_kernel
 from .correction import adjust_grouped
 from .database import LRPairs
-from .entries import KINDS, EntryParts, csr_structure
+from ...store.row_parts import gather
+from .entries import KINDS, EntryParts, covering, csr_structure
 
 STLEARN_KEYS = ("lr_scores", "p_vals", "p_adjs", "-log10(p_adjs)", "lr_sig_scores")
 
@@ -91,8 +92,6 @@ class CCIResult:
                    min_expr: float, cutoff: float, lrfeatures, params, background_pairs=None) -> "CCIResult":
         """The result of pass 2's parts (:mod:`.entries`): each part's row range, entries and per-pair counts
         (``n_spots``, ``n_sig``, ``n_sig_p``), summed here; the matrices stay in the parts' files."""
-        from .entries import covering
-
         n_lr = len(pairs)
         counts = [np.zeros(n_lr, np.int64) for _ in range(3)]
         for p in parts:
@@ -100,7 +99,7 @@ class CCIResult:
                 acc += p[k]
         summary, order, rank = cls._ordered(pairs.names, *counts)
         starts, stops, nnz = covering(n_obs, [(p["start"], p["stop"], p["nnz"]) for p in parts])
-        entries = EntryParts(str(folder), starts, stops, nnz, rank, int(n_obs)).own()
+        entries = EntryParts(str(folder), starts, stops, nnz, n_lr, rank).own()
         return cls(pd.Index(obs_names), LRPairs(pairs.ligand[order], pairs.receptor[order]), summary, lrfeatures,
                    None, None, None, int(n_pairs), float(min_expr), float(cutoff), params, background_pairs,
                    entries.arrays())
@@ -134,7 +133,7 @@ class CCIResult:
         """Matrix ``kind`` in memory (a lazy one read whole, once)."""
         m = self._in_memory(kind)
         if m is None:
-            m = _gathered(self.lazy[kind])
+            m = gather(self.lazy[kind])
             setattr(self, _ATTR[kind], m)
         return m
 
@@ -264,7 +263,7 @@ class CCIResult:
         if all(isinstance(m, da.Array) for m in found.values()):
             mats, lazy = [None, None, None], found
         else:
-            mats, lazy = [_gathered(m) if isinstance(m, da.Array) else m for m in found.values()], None
+            mats, lazy = [gather(m) if isinstance(m, da.Array) else m for m in found.values()], None
         return cls(pd.Index(ds.obs_names), pairs, summary, ds.get_result("uns", "lrfeatures"), *mats,
                    int(meta["n_pairs"]), float(meta["min_expr"]), float(meta["cutoff"]), dict(meta.get("params", {})),
                    lazy=lazy)
@@ -277,17 +276,6 @@ def _lazy_matrix(ds, key: str):
         v = ds.get_result("obsm", key)
         return v if isinstance(v, da.Array) else sp.csr_matrix(v)
     return ds.stored_result_rows("obsm", key, _STORED_ROWS)
-
-
-def _gathered(arr: da.Array) -> sp.csr_matrix:
-    """A dask array of CSR row blocks as one CSR (sorted indices; int32 pointers while they fit), its blocks
-    computed in this process one at a time."""
-    blocks = [sp.csr_matrix(dask.compute(arr.blocks[i], scheduler="sync")[0]) for i in range(arr.numblocks[0])]
-    m = sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix(arr.shape, dtype=arr.dtype)
-    m.sort_indices()
-    if m.nnz < 2**31:
-        m.indptr, m.indices = m.indptr.astype(np.int32), m.indices.astype(np.int32)
-    return m
 
 
 def _fill(m: sp.csr_matrix, fill: float) -> np.ndarray:
