@@ -25,6 +25,7 @@ from .store.points import open_points, points_names
 from .store.sdata_view import SHAPES, check_shapes
 from .store.reader import SLOTS as _SLOTS
 from .store.reader import ElementInfo, StoreReader
+from .store.row_parts import gather
 from .store.tables import TableReader, open_table
 from .store.tiling import Tiling
 from .store.update import check_element_name, write_elements
@@ -335,6 +336,14 @@ class SpatialDataset:
         if not self.store.has(slot, key):
             raise KeyError(f"no {slot}[{key!r}] in {self.path} or pending")
         return self.store.read(slot, key)
+
+    def result_csr(self, slot: str, key: str) -> sp.csr_matrix:
+        """A pending or stored sparse result as one in-memory CSR (a pending dask array of row blocks is computed
+        here, a block at a time)."""
+        value = self.get_result(slot, key)
+        if isinstance(value, da.Array):
+            return gather(value)
+        return sp.csr_matrix(value)
 
     @property
     def pending(self) -> list[tuple[str, str]]:

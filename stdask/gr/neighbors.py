@@ -24,9 +24,10 @@ Every graph is exact: it equals the one built from all observations at once (a g
 from __future__ import annotations
 
 import math
+import shutil
 from dataclasses import dataclass
 from numbers import Real
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -35,7 +36,11 @@ from ..dataset import SpatialDataset
 from ..results import writes_results
 from ..tilemap import map_tiles
 from . import delaunay as _delaunay
+from ..store import scratch
+from ..store.row_parts import covering, gather
 from .graph import RowBlock, assemble, library_codes_of, to_matrices
+from .parts import PREFIX as PARTS_PREFIX
+from .parts import GraphParts, write_block
 from .knn import knn_tile
 from .radius import HALO_SLACK, radius_tile
 from .rings import CUTOFF_FACTOR, grid_rings
@@ -70,7 +75,7 @@ class NeighbourSummary:
                 f"{self.median_neighbours} median spot neighbours.")
 
 
-class SpatialGraph(NamedTuple):
+class SpatialGraph:
     """What ``spatial_neighbors`` returns (and records on the dataset unless ``copy=True``).
 
     Attributes
@@ -82,11 +87,29 @@ class SpatialGraph(NamedTuple):
         number for ``method='grid'``).
     summary
         The :class:`NeighbourSummary`.
+    lazy
+        ``{"connectivities" | "distances": dask array of CSR row blocks}`` for a graph whose tiles wrote their
+        blocks to parts (radius and kNN graphs): the two matrices above are then read whole only when asked
+        for; ``None`` for a graph built in memory.
     """
 
-    connectivities: sp.csr_matrix
-    distances: sp.csr_matrix
-    summary: NeighbourSummary
+    def __init__(self, connectivities, distances, summary: NeighbourSummary, lazy: dict | None = None) -> None:
+        self._matrices = {"connectivities": connectivities, "distances": distances}
+        self.summary = summary
+        self.lazy = lazy
+
+    def _matrix(self, kind: str) -> sp.csr_matrix:
+        if self._matrices[kind] is None:
+            self._matrices[kind] = gather(self.lazy[kind])
+        return self._matrices[kind]
+
+    @property
+    def connectivities(self) -> sp.csr_matrix:
+        return self._matrix("connectivities")
+
+    @property
+    def distances(self) -> sp.csr_matrix:
+        return self._matrix("distances")
 
 
 def summarise_counts(counts: np.ndarray) -> NeighbourSummary:
@@ -112,7 +135,7 @@ def neighbour_summary(ds: SpatialDataset, key: str = "spatial") -> NeighbourSumm
     """
     name = f"{key}_connectivities"
     if ds.is_pending("obsp", name):
-        return summarise_counts(np.diff(np.asarray(ds.get_result("obsp", name).indptr, dtype=np.int64)))
+        return summarise_counts(np.diff(np.asarray(ds.result_csr("obsp", name).indptr, dtype=np.int64)))
     if not ds.is_stored("obsp", name):
         raise KeyError(f"{ds.path}: no obsp[{name!r}]; run stdask.gr.spatial_neighbors(ds, key_added={key!r}) first")
     return summarise_counts(ds.result_row_counts("obsp", name))  # the counts need the row pointers only
@@ -219,6 +242,36 @@ def _graph_block(ds: SpatialDataset, func, halo: float, *, rows_per_task: int | 
                      progress=progress, desc=desc, combine="concat", **kwargs)
 
 
+def _written_block(tile, *, builder, folder: str, n_obs: int, **kwargs: Any) -> dict:
+    """``builder``'s row block of the tile's own rows, written to a part in ``folder``; returns the part's row
+    range and its rows' neighbour counts."""
+    block = builder(tile, **kwargs)
+    start = int(tile.rows[0]) if tile.n_own else 0
+    if tile.n_own and int(tile.rows[tile.n_own - 1]) - start != tile.n_own - 1:
+        raise AssertionError("a tile's own rows are not one contiguous range of the store's rows")
+    if len(block.cols):
+        write_block(folder, start, block, n_obs)
+    return {"start": start, "stop": start + tile.n_own, "nnz": len(block.cols), "counts": block.counts.astype(np.int32)}
+
+
+def _graph_parts(ds: SpatialDataset, func, halo: float, *, rows_per_task: int | None, scheduler, progress: bool,
+                 desc: str, **kwargs: Any) -> tuple[GraphParts, np.ndarray]:
+    """The graph as parts written by the tiles' tasks (nothing of it passes through here) and (n_obs,) int64
+    neighbour counts."""
+    folder = scratch.new_folder(ds.path, PARTS_PREFIX)
+    try:
+        out = map_tiles(ds, _written_block, halo=halo, layer=None, rows_per_task=rows_per_task, scheduler=scheduler,
+                        progress=progress, desc=desc, builder=func, folder=str(folder), n_obs=ds.n_obs, **kwargs)
+        starts, stops, nnz = covering(ds.n_obs, [(r["start"], r["stop"], r["nnz"]) for _, r in out])
+        counts = np.zeros(ds.n_obs, np.int64)
+        for _, r in out:
+            counts[r["start"]:r["stop"]] = r["counts"]
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return GraphParts(str(folder), starts, stops, nnz, ds.n_obs).own(), counts
+
+
 @writes_results
 def spatial_neighbors(
     ds: SpatialDataset,
@@ -301,9 +354,11 @@ def spatial_neighbors(
     at an exact tie the stored distance ``sqrt(dx*dx + dy*dy)`` of an edge can exceed ``r`` by one unit
     in the last place.
 
-    Memory: the graph is assembled on the client: 20 bytes per edge for the two matrices (int32 column
-    index + float32 weight, int32 index + float64 distance), plus 16 bytes per edge while the tiles'
-    blocks are concatenated.
+    Memory: radius and kNN graphs are written by the tiles' tasks as parts in a scratch folder inside the
+    store (:mod:`stdask.gr.parts`); this process holds only the neighbour counts (8 bytes per observation),
+    ``ds.write()`` streams the matrices a block at a time, and the returned graph's ``connectivities`` /
+    ``distances`` are read whole only when asked for. Grid and Delaunay graphs are built in memory: 20 bytes
+    per edge for the two matrices, plus 16 bytes per edge while the tiles' blocks are concatenated.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -312,17 +367,25 @@ def spatial_neighbors(
     if library_key is not None:
         params["library_key"] = library_key
     tiles = {"rows_per_task": rows_per_task, "scheduler": scheduler, "progress": progress}
-    if method == "radius":
-        indptr, indices, dist, extra = _radius_graph(ds, distance, library_key, tiles)
-    elif method in ("knn", "grid"):
-        indptr, indices, dist, extra = _nearest_graph(ds, method, n_neighs, n_rings, codes, library_key, tiles)
+    if method in ("radius", "knn"):  # built by the tiles' tasks into parts: nothing whole in this process
+        parts, counts, extra = (_radius_graph(ds, distance, library_key, tiles) if method == "radius" else
+                                _knn_graph(ds, n_neighs, library_key, tiles))
+        params.update(extra)
+        summary = _checked_summary(counts, ds.n_obs, method, params, verbose)
+        del counts
+        arrays = parts.arrays()
+        return _record_graph(ds, key_added, arrays["connectivities"], arrays["distances"], params, summary,
+                             int(parts.nnz.sum()), lazy=arrays)
+    if method == "grid":
+        indptr, indices, dist, extra = _grid_graph(ds, n_neighs, n_rings, codes, library_key, tiles)
     else:
         limit = _check_count("delaunay_max_points", delaunay_max_points)
         indptr, indices, dist = assemble(_delaunay.delaunay_graph(ds.coords, codes, limit), ds.n_obs)
         extra = {"distances": "euclidean"}
     params.update(extra)
-    summary = _checked_summary(indptr, ds.n_obs, method, params, verbose)
-    return _record_graph(ds, key_added, indptr, indices, dist, params, summary)
+    summary = _checked_summary(np.diff(indptr), ds.n_obs, method, params, verbose)
+    conn, dst = to_matrices(indptr, indices, dist, ds.n_obs)
+    return _record_graph(ds, key_added, conn, dst, params, summary, int(conn.nnz))
 
 
 def _library_codes(ds: SpatialDataset, library_key: str | None) -> np.ndarray | None:
@@ -337,37 +400,42 @@ def _library_codes(ds: SpatialDataset, library_key: str | None) -> np.ndarray | 
 
 
 def _radius_graph(ds: SpatialDataset, distance: float | None, library_key: str | None, tiles: dict[str, Any]):
-    """CSR parts (indptr, indices, distances) of the radius graph, and its ``params`` entries."""
+    """The radius graph's parts, neighbour counts and ``params`` entries."""
     r = resolve_distance(ds, distance)
-    block = _graph_block(ds, radius_tile, r * (1 + HALO_SLACK), desc="spatial_neighbors (radius)", r=r,
-                         library_key=library_key, **tiles)
-    return (*assemble(block, ds.n_obs), {"distance": r, "inclusive": True, "distances": "euclidean"})
+    parts, counts = _graph_parts(ds, radius_tile, r * (1 + HALO_SLACK), desc="spatial_neighbors (radius)", r=r,
+                                 library_key=library_key, **tiles)
+    return parts, counts, {"distance": r, "inclusive": True, "distances": "euclidean"}
 
 
-def _nearest_graph(ds: SpatialDataset, method: str, n_neighs: int, n_rings: int, codes: np.ndarray | None,
-                   library_key: str | None, tiles: dict[str, Any]):
-    """CSR parts (indptr, indices, distances) of the kNN graph, or of the grid rings built from it, and
-    its ``params`` entries."""
+def _knn_graph(ds: SpatialDataset, n_neighs: int, library_key: str | None, tiles: dict[str, Any]):
+    """The kNN graph's parts, neighbour counts and ``params`` entries."""
+    k = _check_count("n_neighs", n_neighs)
+    h0, max_halo = _knn_halos(ds, k)
+    parts, counts = _graph_parts(ds, knn_tile, h0, desc="spatial_neighbors (knn)", k=k, max_halo=max_halo,
+                                 library_key=library_key, **tiles)
+    return parts, counts, {"n_neighs": k, "ties": "smaller row first", "distances": "euclidean"}
+
+
+def _grid_graph(ds: SpatialDataset, n_neighs: int, n_rings: int, codes: np.ndarray | None, library_key: str | None,
+                tiles: dict[str, Any]):
+    """CSR parts (indptr, indices, distances) of the grid rings, built in memory from the kNN graph (rings need
+    every row's neighbours' rings), and its ``params`` entries."""
     n = ds.n_obs
     k = _check_count("n_neighs", n_neighs)
-    if method == "grid":
-        rings = _check_count("n_rings", n_rings)
+    rings = _check_count("n_rings", n_rings)
     h0, max_halo = _knn_halos(ds, k)
-    block = _graph_block(ds, knn_tile, h0, desc=f"spatial_neighbors ({method})", k=k, max_halo=max_halo,
+    block = _graph_block(ds, knn_tile, h0, desc="spatial_neighbors (grid)", k=k, max_halo=max_halo,
                          library_key=library_key, **tiles)
-    indptr, indices, dist = assemble(block, n)
-    if method == "knn":
-        return indptr, indices, dist, {"n_neighs": k, "ties": "smaller row first", "distances": "euclidean"}
-    indptr, indices, dist = grid_rings(indptr, indices, dist, codes, rings)
+    indptr, indices, dist = grid_rings(*assemble(block, n), codes, rings)
     indices = indices.astype(np.int32) if n <= np.iinfo(np.int32).max else indices
     return indptr, indices, dist, {"n_neighs": k, "n_rings": rings, "cutoff_factor": CUTOFF_FACTOR,
                                    "distances": "ring"}
 
 
-def _checked_summary(indptr: np.ndarray, n: int, method: str, params: dict, verbose: bool) -> NeighbourSummary:
-    """The graph's :class:`NeighbourSummary`, printed when ``verbose``; raises when no observation has a
-    neighbour (as stLearn)."""
-    summary = summarise_counts(np.diff(indptr))
+def _checked_summary(counts: np.ndarray, n: int, method: str, params: dict, verbose: bool) -> NeighbourSummary:
+    """The :class:`NeighbourSummary` of (n,) neighbour counts, printed when ``verbose``; raises when no observation
+    has a neighbour (as stLearn)."""
+    summary = summarise_counts(counts)
     if verbose:
         print(summary)
     if n and summary.n_without_neighbours == n:
@@ -379,11 +447,10 @@ def _checked_summary(indptr: np.ndarray, n: int, method: str, params: dict, verb
     return summary
 
 
-def _record_graph(ds: SpatialDataset, key_added: str, indptr: np.ndarray, indices: np.ndarray, dist: np.ndarray,
-                  params: dict, summary: NeighbourSummary) -> SpatialGraph:
-    """Build the two matrices and record them, with the ``uns`` entry, on ``ds`` (squidpy's keys)."""
-    n = ds.n_obs
-    conn, dst = to_matrices(indptr, indices, dist, n)
+def _record_graph(ds: SpatialDataset, key_added: str, conn, dst, params: dict, summary: NeighbourSummary,
+                  n_edges: int, lazy: dict | None = None) -> SpatialGraph:
+    """Record the two matrices (CSR, or dask arrays of CSR row blocks written by ``ds.write()`` block by block)
+    and the ``uns`` entry on ``ds`` (squidpy's keys)."""
     ckey, dkey = f"{key_added}_connectivities", f"{key_added}_distances"
     ds.set_result("obsp", ckey, conn)
     ds.set_result("obsp", dkey, dst)
@@ -391,9 +458,12 @@ def _record_graph(ds: SpatialDataset, key_added: str, indptr: np.ndarray, indice
         "connectivities_key": ckey,
         "distances_key": dkey,
         "params": params,
-        "summary": {"n_obs": int(n), "n_edges": int(conn.nnz), "n_without_neighbours": summary.n_without_neighbours,
+        "summary": {"n_obs": int(ds.n_obs), "n_edges": int(n_edges),
+                    "n_without_neighbours": summary.n_without_neighbours,
                     "median_neighbours": summary.median_neighbours},
     })
+    if lazy is not None:
+        return SpatialGraph(None, None, summary, lazy)
     return SpatialGraph(conn, dst, summary)
 
 

@@ -91,7 +91,7 @@ def _graph(ds: SpatialDataset, neighbors_key: str | None, obsp: str | None, dire
             obsp = info["connectivities_key"]
         except KeyError:
             raise KeyError(f"no uns[{neighbors_key or 'neighbors'!r}]; run stdask.pp.neighbors first") from None
-    adj = sp.csr_matrix(ds.get_result("obsp", obsp))
+    adj = ds.result_csr("obsp", obsp)
     # vertices in observation-name order: the store's row order follows its tiling, and leidenalg / igraph
     # visit vertices in index order, so this makes the clusters independent of the tile size
     order = canonical_order(ds)

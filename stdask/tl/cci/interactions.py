@@ -128,7 +128,7 @@ def _graph(ds: SpatialDataset, radius: float, scheduler, progress) -> sp.csr_mat
         prm = dict(meta.get("params", {}))
         if (prm.get("method") == "radius" and "library_key" not in prm
                 and float(prm.get("distance", -1)) == float(radius)):
-            return sp.csr_matrix(ds.get_result("obsp", str(meta.get("connectivities_key", "spatial_connectivities"))))
+            return ds.result_csr("obsp", str(meta.get("connectivities_key", "spatial_connectivities")))
     except (KeyError, TypeError, ValueError):
         pass
     from ...gr import spatial_neighbors

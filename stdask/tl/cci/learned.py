@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 
+import dask.array as da
 import numpy as np
 import scipy.sparse as sp
 
@@ -134,6 +135,8 @@ def _learned_graph(ds: SpatialDataset, adj_key: str) -> sp.csr_matrix:
     except KeyError:
         raise KeyError(f"no learned graph obsp[{adj_key!r}] in {ds.path}: run sd.tl.stague(ds, ...) first or pass "
                        f"adj_key= (obsp keys: {ds.result_keys('obsp')})") from None
+    if isinstance(S, da.Array):  # a pending graph of row blocks (spatial_neighbors' radius and kNN graphs)
+        S = ds.result_csr("obsp", adj_key)
     if getattr(S, "ndim", None) != 2:
         raise ValueError(f"obsp[{adj_key!r}] must be an N x N matrix, got {type(S).__name__}")
     n = ds.n_obs
