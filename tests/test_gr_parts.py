@@ -31,6 +31,12 @@ def store(tmp_path_factory) -> Path:
                          tile_size=150.0, progress=False)
 
 
+@pytest.fixture(autouse=True)
+def _parts_for_any_size(monkeypatch):
+    """This slice is small: the parts path is taken for every size here."""
+    monkeypatch.setattr(gr.neighbors, "PARTS_MIN_OBS", 0)
+
+
 def _folders(path) -> set[Path]:
     return set(Path(path).glob(parts.PREFIX + "*"))
 
@@ -95,3 +101,16 @@ def test_pending_graph_is_read_by_its_consumers(store, tmp_path):
     assert np.array_equal(gr.neighbour_summary(ds).counts, g.summary.counts)
     adata = ds.to_anndata()
     assert (sp.csr_matrix(adata.obsp["spatial_distances"]) != g.distances).nnz == 0
+
+
+def test_small_graph_in_memory_equals_the_parts(store, monkeypatch):
+    ds = stdask.read(store)
+    via_parts = gr.spatial_neighbors(ds, distance=40.0, rows_per_task=200, scheduler="sync", verbose=False, copy=True)
+    monkeypatch.setattr(gr.neighbors, "PARTS_MIN_OBS", ds.n_obs + 1)
+    small = gr.spatial_neighbors(ds, distance=40.0, rows_per_task=200, scheduler="sync", verbose=False, copy=True)
+    assert via_parts.lazy is not None and small.lazy is None
+    for kind in ("connectivities", "distances"):
+        a, b = getattr(via_parts, kind), getattr(small, kind)
+        assert a.dtype == b.dtype and a.indptr.dtype == b.indptr.dtype and a.indices.dtype == b.indices.dtype
+        assert np.array_equal(a.indptr, b.indptr) and np.array_equal(a.indices, b.indices)
+        assert np.array_equal(a.data, b.data)

@@ -75,6 +75,11 @@ class NeighbourSummary:
                 f"{self.median_neighbours} median spot neighbours.")
 
 
+#: radius and kNN graphs of at least this many observations are written by the tiles' tasks as parts
+#: (:mod:`stdask.gr.parts`); smaller ones are built in memory
+PARTS_MIN_OBS = 100_000
+
+
 class SpatialGraph:
     """What ``spatial_neighbors`` returns (and records on the dataset unless ``copy=True``).
 
@@ -354,8 +359,8 @@ def spatial_neighbors(
     at an exact tie the stored distance ``sqrt(dx*dx + dy*dy)`` of an edge can exceed ``r`` by one unit
     in the last place.
 
-    Memory: radius and kNN graphs are written by the tiles' tasks as parts in a scratch folder inside the
-    store (:mod:`stdask.gr.parts`); this process holds only the neighbour counts (8 bytes per observation),
+    Memory: radius and kNN graphs of at least :data:`PARTS_MIN_OBS` observations are written by the tiles'
+    tasks as parts in a scratch folder inside the store (:mod:`stdask.gr.parts`); this process holds only the neighbour counts (8 bytes per observation),
     ``ds.write()`` streams the matrices a block at a time, and the returned graph's ``connectivities`` /
     ``distances`` are read whole only when asked for. Grid and Delaunay graphs are built in memory: 20 bytes
     per edge for the two matrices, plus 16 bytes per edge while the tiles' blocks are concatenated.
@@ -367,7 +372,8 @@ def spatial_neighbors(
     if library_key is not None:
         params["library_key"] = library_key
     tiles = {"rows_per_task": rows_per_task, "scheduler": scheduler, "progress": progress}
-    if method in ("radius", "knn"):  # built by the tiles' tasks into parts: nothing whole in this process
+    if method in ("radius", "knn") and ds.n_obs >= PARTS_MIN_OBS:
+        # built by the tiles' tasks into parts: nothing whole in this process
         parts, counts, extra = (_radius_graph(ds, distance, library_key, tiles) if method == "radius" else
                                 _knn_graph(ds, n_neighs, library_key, tiles))
         params.update(extra)
@@ -378,6 +384,8 @@ def spatial_neighbors(
                              int(parts.nnz.sum()), lazy=arrays)
     if method == "grid":
         indptr, indices, dist, extra = _grid_graph(ds, n_neighs, n_rings, codes, library_key, tiles)
+    elif method in ("radius", "knn"):
+        indptr, indices, dist, extra = _small_graph(ds, method, distance, n_neighs, library_key, tiles)
     else:
         limit = _check_count("delaunay_max_points", delaunay_max_points)
         indptr, indices, dist = assemble(_delaunay.delaunay_graph(ds.coords, codes, limit), ds.n_obs)
@@ -414,6 +422,23 @@ def _knn_graph(ds: SpatialDataset, n_neighs: int, library_key: str | None, tiles
     parts, counts = _graph_parts(ds, knn_tile, h0, desc="spatial_neighbors (knn)", k=k, max_halo=max_halo,
                                  library_key=library_key, **tiles)
     return parts, counts, {"n_neighs": k, "ties": "smaller row first", "distances": "euclidean"}
+
+
+def _small_graph(ds: SpatialDataset, method: str, distance: float | None, n_neighs: int, library_key: str | None,
+                 tiles: dict[str, Any]):
+    """A radius or kNN graph of fewer than :data:`PARTS_MIN_OBS` observations, built in memory (parts would cost
+    a file per tile for a graph of a few MB): CSR parts (indptr, indices, distances) and its ``params``
+    entries, the same as the parts give."""
+    if method == "radius":
+        r = resolve_distance(ds, distance)
+        block = _graph_block(ds, radius_tile, r * (1 + HALO_SLACK), desc="spatial_neighbors (radius)", r=r,
+                             library_key=library_key, **tiles)
+        return (*assemble(block, ds.n_obs), {"distance": r, "inclusive": True, "distances": "euclidean"})
+    k = _check_count("n_neighs", n_neighs)
+    h0, max_halo = _knn_halos(ds, k)
+    block = _graph_block(ds, knn_tile, h0, desc="spatial_neighbors (knn)", k=k, max_halo=max_halo,
+                         library_key=library_key, **tiles)
+    return (*assemble(block, ds.n_obs), {"n_neighs": k, "ties": "smaller row first", "distances": "euclidean"})
 
 
 def _grid_graph(ds: SpatialDataset, n_neighs: int, n_rings: int, codes: np.ndarray | None, library_key: str | None,

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from ..store.row_parts import iter_blocks
 from ..tl.cci.interaction_result import CCIInteractions
 
 #: stLearn's five (n_obs, n_lr) per-cell result matrices
@@ -165,8 +166,7 @@ class PlotData:
         if ("obsm", key) in self.data.pending:
             m = self.data.get_result("obsm", key)
             if dask.is_dask_collection(m):  # a run's pending matrix: its row blocks, one at a time
-                return np.concatenate([_column(sp.csr_matrix(dask.compute(m.blocks[i], scheduler="sync")[0]), j, fill)
-                                       for i in range(m.numblocks[0])])
+                return np.concatenate([_column(sp.csr_matrix(b), j, fill) for b in iter_blocks(m)])
             return _column(sp.csr_matrix(m), j, fill)
         return self.data.result_column("obsm", key, j, fill, rows_per_read)
 

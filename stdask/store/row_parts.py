@@ -62,7 +62,8 @@ class RowParts:
         raise NotImplementedError
 
     def arrays(self) -> dict[str, da.Array]:
-        """Each matrix of ``KINDS`` as a dask array of CSR row blocks, one block per part."""
+        """Each matrix of ``KINDS`` as a dask array of CSR row blocks, one block per part. Each array is
+        registered as made from this object, so :func:`iter_blocks` reads its blocks directly."""
         src = dask.delayed(self, pure=True, traverse=False)
         meta = sp.csr_matrix((0, self.n_cols))
         out = {}
@@ -71,6 +72,7 @@ class RowParts:
                                       shape=(int(b - a), self.n_cols), dtype=dtype, meta=meta)
                       for i, (a, b) in enumerate(zip(self.starts, self.stops))]
             out[kind] = da.concatenate(blocks, axis=0)
+            _SOURCES[out[kind].name] = (weakref.ref(self), kind)
         return out
 
     def __dask_tokenize__(self):
@@ -95,10 +97,27 @@ def covering(n_rows: int, ranges: list[tuple[int, int, int]]) -> tuple[np.ndarra
     return arr[:, 0], arr[:, 1], arr[:, 2]
 
 
+#: dask array name -> (the RowParts it reads, its kind): lets :func:`iter_blocks` skip dask for the arrays made
+#: by :meth:`RowParts.arrays` (computing block i of a concatenation through dask walks the whole graph each time)
+_SOURCES: dict[str, tuple[weakref.ref, str]] = {}
+
+
+def iter_blocks(arr: da.Array):
+    """The row blocks of a dask array of CSR row blocks, one at a time, computed in this process."""
+    entry = _SOURCES.get(arr.name)
+    src = entry[0]() if entry is not None else None
+    if src is not None and (len(src.starts), ) == (arr.numblocks[0], ):
+        for i in range(len(src.starts)):
+            yield src.block(i, entry[1])
+        return
+    for i in range(arr.numblocks[0]):
+        yield dask.compute(arr.blocks[i], scheduler="sync")[0]
+
+
 def gather(arr: da.Array) -> sp.csr_matrix:
     """A dask array of CSR row blocks as one CSR (sorted indices; int32 pointers and indices while they fit), its
     blocks computed in this process one at a time."""
-    blocks = [sp.csr_matrix(dask.compute(arr.blocks[i], scheduler="sync")[0]) for i in range(arr.numblocks[0])]
+    blocks = [sp.csr_matrix(b) for b in iter_blocks(arr)]
     m = sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix(arr.shape, dtype=arr.dtype)
     m.sort_indices()
     if m.nnz < 2**31 and m.shape[1] <= np.iinfo(np.int32).max:
@@ -106,4 +125,4 @@ def gather(arr: da.Array) -> sp.csr_matrix:
     return m
 
 
-__all__ = ["RowParts", "covering", "gather", "part_path"]
+__all__ = ["RowParts", "covering", "gather", "iter_blocks", "part_path"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator
 
-import dask
 import dask.array as da
 import numpy as np
 import pandas as pd
@@ -22,7 +21,7 @@ import scipy.sparse as sp
 from ...backend import get_kernel
 from .correction import adjust_grouped
 from .database import LRPairs
-from ...store.row_parts import gather
+from ...store.row_parts import gather, iter_blocks
 from .entries import KINDS, EntryParts, covering, csr_structure
 
 STLEARN_KEYS = ("lr_scores", "p_vals", "p_adjs", "-log10(p_adjs)", "lr_sig_scores")
@@ -164,9 +163,10 @@ class CCIResult:
                 yield a, [m[a:a + rows] for m in ms]
             return
         arrs = [self.lazy[k] for k in kinds]
+        if len({a.chunks[0] for a in arrs}) != 1:
+            raise ValueError("the result's matrices have different row blocks")
         start = 0
-        for i, n in enumerate(arrs[0].chunks[0]):
-            blocks = dask.compute(*(a.blocks[i] for a in arrs), scheduler="sync")
+        for n, blocks in zip(arrs[0].chunks[0], zip(*(iter_blocks(a) for a in arrs))):
             yield start, [sp.csr_matrix(b) for b in blocks]
             start += n
 
