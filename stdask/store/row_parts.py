@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import weakref
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -22,7 +23,7 @@ def part_path(folder: str | Path, start: int) -> Path:
 
 
 @dataclass
-class RowParts:
+class RowParts(ABC):
     """Parts of (n_rows, n_cols) matrices: row ranges ``starts[i]:stops[i]`` covering every row in order, each
     with ``nnz[i]`` entries in the file :func:`part_path` (none when ``nnz[i] == 0``).
 
@@ -58,8 +59,9 @@ class RowParts:
     def empty(self, i: int, kind: str) -> sp.csr_matrix:
         return sp.csr_matrix((int(self.stops[i] - self.starts[i]), self.n_cols), dtype=self.KINDS[kind])
 
-    def block(self, i: int, kind: str) -> sp.csr_matrix:  # pragma: no cover - every subclass defines it
-        raise NotImplementedError
+    @abstractmethod
+    def block(self, i: int, kind: str) -> sp.csr_matrix:
+        """Rows ``starts[i]:stops[i]`` of matrix ``kind``, CSR with sorted column indices."""
 
     def arrays(self) -> dict[str, da.Array]:
         """Each matrix of ``KINDS`` as a dask array of CSR row blocks, one block per part. Each array is
