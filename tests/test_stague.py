@@ -142,12 +142,13 @@ def test_minibatch_prediction_is_the_whole_graph_computation():
 
 
 def test_minibatch_ari_close_to_full_batch(tmp_path):
-    """Acceptance: mini-batch training (10 blocks of 150 spots, 4 random blocks per batch, 4-hop halo) within 0.05
-    ARI of full batch, and both well above k-means on PCA (0.33 on this slice)."""
-    ds = _store(_adata(n_obs=1500, seed=5, n_domains=5), tmp_path / "m.zarr")
-    kw = dict(epochs=80, lr=1e-3, seed=1, threads=THREADS, copy=True)
-    full = stague(ds, 5, minibatch=False, **kw)
-    mini = stague(ds, 5, minibatch=True, batch_cells=600, **kw)
+    """Mini-batch training (blocks of 75 spots, 4 random blocks per batch, 4-hop halo) within 0.05 ARI of
+    full batch, both above 0.9. The spec's acceptance case (1,500 spots, 80 epochs: 3 minutes) is
+    ``bench/stague_minibatch.py``; this is its smaller case."""
+    ds = _store(_adata(n_obs=700, seed=5, n_domains=4), tmp_path / "m.zarr")
+    kw = dict(epochs=50, lr=1e-3, seed=1, threads=THREADS, copy=True)
+    full = stague(ds, 4, minibatch=False, **kw)
+    mini = stague(ds, 4, minibatch=True, batch_cells=300, **kw)
     a_full, a_mini = ari(ds.obs["domain"], full.labels), ari(ds.obs["domain"], mini.labels)
     assert mini.info["mode"] == "minibatch" and a_full > 0.9
     assert abs(a_full - a_mini) <= 0.05, (a_full, a_mini)
