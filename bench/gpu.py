@@ -77,8 +77,9 @@ def cci_batch(side: int, n_lr: int, rng):
     x.sort_indices()
     i64 = lambda a: np.asarray(a, dtype=np.int64)  # noqa: E731
     return n, get_kernel("build_edges", "cpu")(
-        n, i64(g.indptr), i64(g.indices), False, i64(s.indptr), i64(s.indices), i64(x.indptr), i64(x.indices),
-        np.arange(n_lr), np.arange(n_lr, 2 * n_lr), int(np.diff(g.indptr)[s.indices].sum()))
+        n, i64(g.indptr), i64(g.indices), i64(s.indices), False, i64(s.indptr), i64(s.indices),
+        i64(x.indptr), i64(x.indices), np.arange(n_lr), np.arange(n_lr, 2 * n_lr),
+        int(np.diff(g.indptr)[s.indices].sum()))
 
 
 def expression(n: int, g: int, density: float, rng):

@@ -68,8 +68,9 @@ INTERACTIONS = textwrap.dedent(r"""
     x = sp.csc_matrix(sp.random(N, 2 * n_lr, density=0.5, random_state=3) > 0); x.sort_indices()
     i64 = lambda v: v.astype(np.int64)
     batch = get_kernel("build_edges", "cpu")(
-        N, i64(g.indptr), i64(g.indices), False, i64(s.indptr), i64(s.indices), i64(x.indptr), i64(x.indices),
-        np.arange(n_lr), np.arange(n_lr, 2 * n_lr), int(np.diff(g.indptr)[s.indices].sum()))
+        N, i64(g.indptr), i64(g.indices), i64(s.indices), False, i64(s.indptr), i64(s.indices),
+        i64(x.indptr), i64(x.indices), np.arange(n_lr), np.arange(n_lr, 2 * n_lr),
+        int(np.diff(g.indptr)[s.indices].sum()))
     keys = np.array([[7, 2**64 - 1 - j] for j in range(n_lr)], dtype=np.uint64)
     codes = rng.integers(0, T, N)
     pres = (rng.random((N, T)) < 0.4).astype(np.uint8)

@@ -116,7 +116,7 @@ def hex_edges(sig, L, R):
     x_l = sorted(idx[n] for n in L)
     x_r = sorted(idx[n] for n in R)
     e_ptr, eu, ev, mut, k_ptr, ep = ik.build_edges(
-        7, g.indptr.astype(np.int64), g.indices.astype(np.int64), False, np.array([0, len(s_rows)], np.int64),
+        7, g.indptr.astype(np.int64), g.indices.astype(np.int64), s_rows, False, np.array([0, len(s_rows)], np.int64),
         s_rows, np.array([0, len(x_l), len(x_l) + len(x_r)], np.int64), np.array(x_l + x_r, np.int64),
         np.array([0]), np.array([1]), int(g.nnz))
     return {frozenset((HEX_NAMES[ep[a]], HEX_NAMES[ep[b]])) for a, b in zip(eu, ev)}, len(eu)
@@ -183,7 +183,7 @@ def ref_ds(tmp_path_factory):
     store = stdask.ingest(DATA / "ref_N2000.h5ad", tmp_path_factory.mktemp("ref") / "ref.zarr", progress=False,
                           tile_size=1000)
     ds = stdask.read(store)
-    # a graph with run's radius on the dataset is reused by run_cci (the other datasets build their own)
+    # a stored graph of run's radius: run_cci finds the same neighbours from the coordinates, never reads it
     spatial_neighbors(ds, distance=None, progress=False, verbose=False, scheduler="sync")
     return ds
 

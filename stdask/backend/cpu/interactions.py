@@ -80,7 +80,7 @@ def _mark(flags, ptr, rows, j, value):
 
 
 @njit(cache=True, nogil=True)
-def build_edges(n_obs, g_ptr, g_idx, within, s_ptr, s_rows, x_ptr, x_rows, lgene, rgene, cap):
+def build_edges(n_obs, g_ptr, g_idx, g_row, within, s_ptr, s_rows, x_ptr, x_rows, lgene, rgene, cap):
     """Qualifying oriented edges of every LR, built once (they do not depend on the labels).
 
     Edge (u -> v) qualifies iff v in N(u), u significant, and (L_u and R_v) or (R_u and L_v). The condition
@@ -93,7 +93,10 @@ def build_edges(n_obs, g_ptr, g_idx, within, s_ptr, s_rows, x_ptr, x_rows, lgene
     n_obs
         N.
     g_ptr, g_idx
-        Neighbour graph as CSR (N + 1,), (nnz,), symmetric, no self loops; unused when ``within``.
+        Neighbour lists as CSR (n_lists + 1,), (nnz,) of global rows, from a symmetric graph without self
+        loops; unused when ``within``. The whole graph (``n_lists = N``) or the lists of some rows only.
+    g_row
+        (len(s_rows),) the list of each significant row in ``g_ptr`` (``s_rows`` itself for a whole graph).
     within
         Within-spot mode: N(u) = {u}.
     s_ptr, s_rows
@@ -136,7 +139,8 @@ def build_edges(n_obs, g_ptr, g_idx, within, s_ptr, s_rows, x_ptr, x_rows, lgene
                 self_nb[0] = u
                 nbrs = self_nb
             else:
-                nbrs = g_idx[g_ptr[u]:g_ptr[u + 1]]
+                g = g_row[p]
+                nbrs = g_idx[g_ptr[g]:g_ptr[g + 1]]
             for q in range(nbrs.shape[0]):
                 v = np.int64(nbrs[q])
                 if not ((lm[u] and rm[v]) or (rm[u] and lm[v])):

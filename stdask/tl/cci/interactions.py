@@ -17,7 +17,6 @@ import dask
 import dask.system
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from ...backend import get_kernel
 from ...backend.cpu.interactions import STREAM_TAG
@@ -25,6 +24,7 @@ from ...dataset import SpatialDataset
 from ...random_streams import name_key
 from ...results import writes_results
 from ...settings import settings
+from .edges import EdgeInputs, Edges, qualifying_edges, row_dtype
 from .interaction_result import CCIInteractions
 from .result import CCIResult
 
@@ -96,62 +96,34 @@ def _mixture(ds: SpatialDataset, key, labels: np.ndarray) -> tuple[np.ndarray, n
     return np.asarray(types, dtype=str), D
 
 
-def _expr_block(block, start: int, genes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(gene position, global row) of every entry > 0 of the given genes in one row block."""
-    x = sp.csc_matrix(sp.csr_matrix(block)[:, genes])
-    pos = x.data > 0
-    col = np.repeat(np.arange(len(genes)), np.diff(x.indptr))
-    return col[pos], x.indices[pos].astype(np.int64) + start
+#: most qualifying edges (an upper bound: the significant rows' degrees) one task's LRs may have: a task holds
+#: about 50 bytes per edge (edges, endpoints, neighbour lists), so ~0.4 GB; one LR with more is still one task
+MAX_TASK_EDGES = 1 << 23
 
 
-def _expressed(ds: SpatialDataset, genes: np.ndarray, layer: str, scheduler, progress) -> tuple[np.ndarray, np.ndarray]:
-    """CSC-like (ptr, rows) of the rows with value > 0 of each gene (rows ascending), one task per row chunk."""
-    from ...cluster import compute
-
-    arr = ds.matrix(layer)
-    starts = np.concatenate([[0], np.cumsum(arr.chunks[0])])
-    blocks = arr.to_delayed().ravel()
-    f = dask.delayed(_expr_block, pure=True)
-    res = compute(*[f(blk, int(starts[i]), genes) for i, blk in enumerate(blocks)], scheduler=scheduler,
-                  progress=progress, desc="run_cci: expression")
-    col = np.concatenate([r[0] for r in res] + [np.empty(0, np.int64)])
-    rows = np.concatenate([r[1] for r in res] + [np.empty(0, np.int64)])
-    order = np.lexsort((rows, col))
-    ptr = np.concatenate([[0], np.cumsum(np.bincount(col, minlength=len(genes)))]).astype(np.int64)
-    return ptr, rows[order]
-
-
-def _graph(ds: SpatialDataset, radius: float, scheduler, progress) -> sp.csr_matrix:
-    """The radius graph ``run`` used: a stored one with the same radius (no library split), or built now."""
-    try:
-        meta = ds.get_result("uns", "spatial_neighbors")
-        prm = dict(meta.get("params", {}))
-        if (prm.get("method") == "radius" and "library_key" not in prm
-                and float(prm.get("distance", -1)) == float(radius)):
-            return ds.result_csr("obsp", str(meta.get("connectivities_key", "spatial_connectivities")))
-    except (KeyError, TypeError, ValueError):
-        pass
-    from ...gr import spatial_neighbors
-
-    return spatial_neighbors(ds, distance=radius, copy=True, scheduler=scheduler, progress=progress,
-                             verbose=False).connectivities
-
-
-def _batches(cost: np.ndarray, lrs_per_task: int | None) -> list[tuple[int, int]]:
+def _batches(cost: np.ndarray, lrs_per_task: int | None, edges: np.ndarray | None = None) -> list[tuple[int, int]]:
+    """LR ranges (a, b) of the tasks: ``lrs_per_task`` LRs each, or about 4 tasks per core of equal ``cost``,
+    split further so that no task's ``edges`` exceed :data:`MAX_TASK_EDGES` (memory bounded by the task, not the
+    slice). The split changes no number: each LR's permutations come from its own streams."""
     n = len(cost)
     if lrs_per_task is not None:
         if int(lrs_per_task) < 1:
             raise ValueError(f"lrs_per_task must be >= 1, got {lrs_per_task}")
         step = int(lrs_per_task)
         return [(a, min(a + step, n)) for a in range(0, n, step)]
+    edges = np.zeros(n, np.int64) if edges is None else edges
     n_tasks = max(1, min(n, 4 * dask.system.CPU_COUNT))
     target = cost.sum() / n_tasks
-    out, a, acc = [], 0, 0.0
+    out, a, acc, acc_e = [], 0, 0.0, 0
     for j in range(n):
+        if j > a and acc_e + int(edges[j]) > MAX_TASK_EDGES:
+            out.append((a, j))
+            a, acc, acc_e = j, 0.0, 0
         acc += cost[j]
+        acc_e += int(edges[j])
         if acc >= target and j + 1 < n:
             out.append((a, j + 1))
-            a, acc = j + 1, 0.0
+            a, acc, acc_e = j + 1, 0.0, 0
     out.append((a, n))
     return out
 
@@ -159,8 +131,9 @@ def _batches(cost: np.ndarray, lrs_per_task: int | None) -> list[tuple[int, int]
 def _batch_task(data, a: int, b: int, source, keys, n_perms: int, columns, backend: str = "cpu"):
     """One dask task: LRs a..b-1 (``data`` is the shared (N,) codes or (N, T) presence array), on the client's
     ``backend`` (read by the caller: a worker's own setting is not the user's). ``source`` is the LRs' edges
-    (:class:`_Edges`) or what they are built from (:class:`_EdgeInputs`: built here, for these LRs only, so no
-    process ever holds the edges of every LR). Returns the kernel's (raw, ge) and the number of edges."""
+    (:class:`.edges.Edges`) or what they are built from (:class:`.edges.EdgeInputs`: built here, for these LRs
+    only, so no process ever holds the edges of every LR). Returns the kernel's (raw, ge) and the number of
+    edges."""
     e_ptr, eu, ev, mut, k_ptr, endpoints = source.lr_range(a, b)
     args = (e_ptr, eu, ev, mut, k_ptr, endpoints, keys[a:b], int(n_perms), STREAM_TAG)
     if columns is None:
@@ -282,7 +255,7 @@ def run_cci(
     result, n_perms = _checked_inputs(ds, result, n_perms, seed)
     cells = _cell_types(ds, use_label, spot_mixtures, mixture_key, cell_prop_cutoff)
     tested = _tested_lrs(result, min_spots, sig_spots)
-    edges = _qualifying_edges(ds, result, tested, cells.rank, scheduler, progress)
+    edges = qualifying_edges(ds, result, tested, cells.rank, scheduler, progress)
     raw, ge, n_e = _permutation_counts(edges, cells, tested.names, n_perms, seed, lrs_per_task, scheduler, progress)
     pvals, sig_m, summary = _pvalues_and_summary(raw, ge, n_perms, p_cutoff, result.lr_summary, tested.index, use_label)
     inter = CCIInteractions(
@@ -370,7 +343,7 @@ class _Tested:
     index: np.ndarray  # positions in lr_summary
     names: np.ndarray  # str LR names
     s_ptr: np.ndarray  # (n_tested + 1,) int64: LR j's senders are s_rows[s_ptr[j]:s_ptr[j + 1]]
-    s_rows: np.ndarray  # int64 rows, ascending per LR
+    s_rows: np.ndarray  # rows (int32 below 2**31 rows), ascending per LR
 
 
 def _tested_lrs(result: CCIResult, min_spots: int, sig_spots: bool) -> _Tested:
@@ -390,7 +363,7 @@ def _tested_lrs(result: CCIResult, min_spots: int, sig_spots: bool) -> _Tested:
     for _, cols, _ in _senders(result, col_of, sig_spots):
         s_ptr[1:] += np.bincount(cols, minlength=len(tested))
     np.cumsum(s_ptr, out=s_ptr)
-    s_rows = np.empty(int(s_ptr[-1]), np.int64)
+    s_rows = np.empty(int(s_ptr[-1]), row_dtype(result.shape[0]))
     fill = s_ptr[:-1].copy()
     for start, cols, rows in _senders(result, col_of, sig_spots):
         o = np.argsort(cols, kind="stable")  # rows stay ascending within each LR
@@ -414,96 +387,7 @@ def _senders(result: CCIResult, col_of: np.ndarray, sig_spots: bool):
         yield start, cols[cols >= 0], rows[cols >= 0]
 
 
-@dataclass
-class _Edges:
-    """Every tested LR's qualifying edges (``build_edges``), endpoints renumbered canonically."""
-
-    radius: float  # the neighbourhood radius run used (0: within-spot mode)
-    e_ptr: np.ndarray  # (n_tested + 1,) LR j's edges are eu/ev/mut[e_ptr[j]:e_ptr[j + 1]]
-    eu: np.ndarray  # sender endpoint of each edge (position among the LR's endpoints)
-    ev: np.ndarray  # receiver endpoint
-    mut: np.ndarray  # edge qualifies in both directions
-    k_ptr: np.ndarray  # (n_tested + 1,) LR j's endpoints are endpoints[k_ptr[j]:k_ptr[j + 1]]
-    endpoints: np.ndarray  # canonical rank of each endpoint spot
-
-    def lr_range(self, a: int, b: int) -> tuple:
-        """(e_ptr, eu, ev, mut, k_ptr, endpoints) of LRs a..b-1, pointers from 0."""
-        ea, eb = self.e_ptr[a], self.e_ptr[b]
-        ka, kb = self.k_ptr[a], self.k_ptr[b]
-        return (self.e_ptr[a:b + 1] - ea, self.eu[ea:eb], self.ev[ea:eb], self.mut[ea:eb],
-                self.k_ptr[a:b + 1] - ka, self.endpoints[ka:kb])
-
-    def costs(self) -> tuple[np.ndarray, np.ndarray]:
-        """(n_lr,) edges and endpoints of each LR."""
-        return np.diff(self.e_ptr), np.diff(self.k_ptr)
-
-
-@dataclass
-class _EdgeInputs:
-    """What every tested LR's qualifying edges are built from (``build_edges``), in the tasks, a range of LRs at
-    a time: the edges of all LRs together grow with the slice (~2 x 10^8 at 3 x 10^6 spots) and are never
-    gathered."""
-
-    radius: float  # the neighbourhood radius run used (0: within-spot mode)
-    n_obs: int
-    g_ptr: np.ndarray  # (N + 1,) neighbour graph, CSR (unused within spot)
-    g_idx: np.ndarray
-    s_ptr: np.ndarray  # (n_tested + 1,) significant rows of each LR, CSC-like
-    s_rows: np.ndarray
-    x_ptr: np.ndarray  # rows expressing each needed gene, CSC-like
-    x_rows: np.ndarray
-    lgene: np.ndarray  # (n_tested,) column of x_ptr of each LR's ligand / receptor
-    rgene: np.ndarray
-    rank: np.ndarray  # (N,) canonical (obs-name) rank of each row
-
-    def lr_range(self, a: int, b: int) -> tuple:
-        """(e_ptr, eu, ev, mut, k_ptr, endpoints) of LRs a..b-1: ``build_edges`` on their significant rows, then
-        endpoints renumbered canonically -- per LR, so the same arrays as building all LRs and slicing."""
-        sa, sb = self.s_ptr[a], self.s_ptr[b]
-        s_rows = self.s_rows[sa:sb]
-        within = self.radius == 0
-        # the rows' degrees only (not a diff of the whole graph's pointer in every task)
-        cap = int(len(s_rows)) if within else int((self.g_ptr[s_rows + 1] - self.g_ptr[s_rows]).sum())
-        e_ptr, eu, ev, mut, k_ptr, endpoints = get_kernel("build_edges")(
-            self.n_obs, self.g_ptr, self.g_idx, within, self.s_ptr[a:b + 1] - sa, s_rows, self.x_ptr, self.x_rows,
-            self.lgene[a:b], self.rgene[a:b], cap)
-        eu, ev, k_ptr, endpoints = _canonical(eu, ev, e_ptr, k_ptr, self.rank[endpoints])
-        return e_ptr, eu, ev, mut, k_ptr, endpoints
-
-    def costs(self) -> tuple[np.ndarray, np.ndarray]:
-        """(n_lr,) upper bounds of each LR's edges and endpoints (its significant rows' degrees; 1 within spot)."""
-        deg = np.ones(self.n_obs, np.int64) if self.radius == 0 else np.diff(self.g_ptr)
-        per_row = np.concatenate([[0], np.cumsum(deg[self.s_rows])])
-        cap = per_row[self.s_ptr[1:]] - per_row[self.s_ptr[:-1]]
-        return cap, 2 * cap
-
-
-def _qualifying_edges(ds: SpatialDataset, result: CCIResult, tested: _Tested, rank: np.ndarray, scheduler,
-                      progress: bool) -> _EdgeInputs:
-    """Expression of the LR genes and the neighbourhood ``run`` used: what the tasks build the qualifying edges
-    from."""
-    n_obs = ds.n_obs
-    var = pd.Index(ds.var_names)
-    lig = var.get_indexer(result.pairs.ligand[tested.index])
-    rec = var.get_indexer(result.pairs.receptor[tested.index])
-    if (lig < 0).any() or (rec < 0).any():
-        raise ValueError("the result names LR genes that are not in ds.var_names; pass the result of run() on ds")
-    genes = np.unique(np.concatenate([lig, rec]))
-    layer = str(result.params.get("layer", "X"))
-    x_ptr, x_rows = _expressed(ds, genes, layer, scheduler, progress)
-    radius = float(result.params.get("distance", np.nan))
-    if not np.isfinite(radius):
-        raise ValueError("the result records no neighbourhood distance (params['distance']); re-run run()")
-    if radius == 0:
-        g_ptr, g_idx = np.zeros(n_obs + 1, np.int64), np.zeros(0, np.int64)
-    else:
-        g = _graph(ds, radius, scheduler, progress)
-        g_ptr, g_idx = g.indptr.astype(np.int64), g.indices.astype(np.int64)
-    return _EdgeInputs(radius, n_obs, g_ptr, g_idx, tested.s_ptr, tested.s_rows, x_ptr, x_rows,
-                       np.searchsorted(genes, lig), np.searchsorted(genes, rec), rank)
-
-
-def _permutation_counts(edges: _Edges | _EdgeInputs, cells: _Cells, lrs: np.ndarray, n_perms: int, seed: int,
+def _permutation_counts(edges: Edges | EdgeInputs, cells: _Cells, lrs: np.ndarray, n_perms: int, seed: int,
                         lrs_per_task: int | None, scheduler, progress: bool,
                         caller: str = "run_cci") -> tuple[np.ndarray, np.ndarray, int]:
     """(n_tested, T, T) observed counts M and #{k : M^k >= M}, in LR batches (dask tasks), and the number of
@@ -514,7 +398,7 @@ def _permutation_counts(edges: _Edges | _EdgeInputs, cells: _Cells, lrs: np.ndar
     keys = np.array([[int(seed), name_key(name)] for name in lrs], dtype=np.uint64).reshape(-1, 2)
     n_e, n_k = edges.costs()
     cost = (n_perms + 1) * (n_e + n_k * (1 if cells.columns is None else T)) + 1.0
-    batches = _batches(cost, lrs_per_task)
+    batches = _batches(cost, lrs_per_task, n_e)
     shared_d = dask.delayed(cells.shared, pure=True)
     task = dask.delayed(_batch_task, pure=True)
     source = dask.delayed(edges, pure=True, traverse=False)
@@ -549,17 +433,3 @@ def _pvalues(raw: np.ndarray, ge: np.ndarray, n_perms: int, p_cutoff: float) -> 
     else:
         pvals = np.ones(raw.shape)
     return pvals, np.where(pvals > p_cutoff, 0, raw).astype(np.int64)
-
-
-def _canonical(eu, ev, e_ptr, k_ptr, ep_rank):
-    """Renumber each LR's endpoints in canonical (obs-name) order; endpoints become canonical ranks."""
-    n_lr = len(k_ptr) - 1
-    lr_of_k = np.repeat(np.arange(n_lr), np.diff(k_ptr))
-    order = np.lexsort((ep_rank, lr_of_k))  # new position -> old position
-    new_of_old = np.empty(len(order), np.int64)
-    new_of_old[order] = np.arange(len(order))
-    lr_of_e = np.repeat(np.arange(n_lr), np.diff(e_ptr))
-    base = k_ptr[lr_of_e]
-    eu = new_of_old[eu + base] - base
-    ev = new_of_old[ev + base] - base
-    return eu, ev, k_ptr, ep_rank[order]

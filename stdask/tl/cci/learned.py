@@ -18,7 +18,8 @@ import scipy.sparse as sp
 from ...dataset import SpatialDataset
 from ...results import writes_results
 from .interaction_result import KEY_PREFIX, CCIInteractions
-from .interactions import _cell_types, _check_stream_range, _Edges, _permutation_counts, _pvalues
+from .edges import Edges
+from .interactions import _cell_types, _check_stream_range, _permutation_counts, _pvalues
 
 #: the single entry of the result's LR dimension; also the name that keys the permutation streams
 LR_NAME = "learned_graph"
@@ -168,7 +169,7 @@ def _threshold(values: np.ndarray, threshold: float | None, quantile: float, adj
     return float(np.quantile(values, quantile))
 
 
-def _edges(rows: np.ndarray, cols: np.ndarray, rank: np.ndarray) -> _Edges:
+def _edges(rows: np.ndarray, cols: np.ndarray, rank: np.ndarray) -> Edges:
     """Kept edges as run_cci's one-LR edge arrays: every ordered edge one-way (never mutual), endpoints the
     distinct cells touched, numbered in canonical (obs-name) order as run_cci numbers them. O(N + E)."""
     ru, rv = rank[rows], rank[cols]
@@ -178,5 +179,5 @@ def _edges(rows: np.ndarray, cols: np.ndarray, rank: np.ndarray) -> _Edges:
     endpoints = np.flatnonzero(touched).astype(np.int64)
     local = np.cumsum(touched, dtype=np.int64) - 1  # canonical rank -> position among the endpoints
     E, K = len(rows), len(endpoints)
-    return _Edges(float("nan"), np.array([0, E], np.int64), local[ru], local[rv], np.zeros(E, np.uint8),
+    return Edges(float("nan"), np.array([0, E], np.int64), local[ru], local[rv], np.zeros(E, np.uint8),
                   np.array([0, K], np.int64), endpoints)
