@@ -8,7 +8,7 @@ from .result import CCIResult
 
 
 def adj_pvals(data, correct_axis: str | None = "spot", pval_adj_cutoff: float = 0.05, adj_method: str = "fdr_bh",
-              *, copy: bool = False) -> CCIResult:
+              *, copy: bool = False, scheduler=None, progress: bool = True) -> CCIResult:
     """Recompute adjusted p-values, significance counts and the ``lr_summary`` order.
 
     Parameters
@@ -26,6 +26,8 @@ def adj_pvals(data, correct_axis: str | None = "spot", pval_adj_cutoff: float = 
     copy
         With a dataset: return the re-corrected result without recording it (the package's write convention,
         :mod:`stdask.results`). A :class:`CCIResult` given is never modified.
+    scheduler, progress
+        Where the row blocks are re-corrected (:func:`stdask.cluster.compute`), and whether to show it.
 
     Returns
     -------
@@ -34,11 +36,14 @@ def adj_pvals(data, correct_axis: str | None = "spot", pval_adj_cutoff: float = 
     Notes
     -----
     Cell-type interaction results computed from the old significance calls become stale (stLearn leaves them
-    in place silently; stdask warns, Q19).
+    in place silently; stdask warns, Q19). The matrices are re-corrected a row block at a time
+    (:mod:`.readjust`): nothing that grows with the slice is gathered, except along LRs with a method other than
+    ``'fdr_bh'``.
     """
+    kw = {"scheduler": scheduler, "progress": progress}
     if isinstance(data, CCIResult):
-        return data.adjusted(correct_axis, pval_adj_cutoff, adj_method)
-    res = CCIResult.load(data).adjusted(correct_axis, pval_adj_cutoff, adj_method)
+        return data.adjusted(correct_axis, pval_adj_cutoff, adj_method, **kw)
+    res = CCIResult.load(data).adjusted(correct_axis, pval_adj_cutoff, adj_method, store=data.path, **kw)
     if copy:
         return res
     res.store(data)

@@ -6,7 +6,8 @@ with stLearn's layout are built only on export (:meth:`CCIResult.stlearn_obsm`).
 
 A run's matrices stay where its tasks wrote them (:mod:`.entries`) and a loaded result's in the store: both are
 dask arrays of row blocks, read whole only when ``scores``, ``counts`` or ``padj`` is asked for (and by
-:meth:`CCIResult.adjusted`); :meth:`CCIResult.row_blocks` and :meth:`CCIResult.store` never read them whole.
+:meth:`CCIResult.adjusted` along LRs with a method other than ``'fdr_bh'``); :meth:`CCIResult.row_blocks`,
+:meth:`CCIResult.store` and the other corrections never read them whole.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from .correction import adjust_grouped
 from .database import LRPairs
 from ...store.row_parts import gather, iter_blocks
 from .entries import KINDS, EntryParts, covering, csr_structure
+from .readjust import readjusted_parts, streams
 
 STLEARN_KEYS = ("lr_scores", "p_vals", "p_adjs", "-log10(p_adjs)", "lr_sig_scores")
 
@@ -216,27 +218,37 @@ class CCIResult:
 
     # ---- adjusting ---------------------------------------------------------------------------------------
     def adjusted(self, correct_axis: str | None = "spot", pval_adj_cutoff: float = 0.05,
-                 adj_method: str = "fdr_bh") -> "CCIResult":
-        """stLearn ``adj_pvals``: re-correct from the raw p-values and re-sort (stable rule)."""
+                 adj_method: str = "fdr_bh", *, store=None, scheduler=None, progress: bool = False) -> "CCIResult":
+        """stLearn ``adj_pvals``: re-correct from the raw p-values and re-sort (stable rule).
+
+        A lazy result is re-corrected a row block at a time (:mod:`.readjust`; the new parts go in a scratch
+        folder of ``store``, else of the temporary folder), except along LRs with a method other than
+        ``'fdr_bh'``, which reads the matrices whole."""
+        if correct_axis not in ("spot", "LR", None):
+            raise ValueError(f"correct_axis must be 'spot', 'LR' or None, got {correct_axis!r}")
+        params = {**self.params, "correct_axis": correct_axis, "adj_method": adj_method,
+                  "pval_adj_cutoff": float(pval_adj_cutoff)}
+        if self.lazy is not None and self._in_memory("count") is None and streams(correct_axis, adj_method):
+            parts, folder = readjusted_parts(self, correct_axis, pval_adj_cutoff, adj_method, store,
+                                             scheduler=scheduler, progress=progress)
+            return CCIResult.from_parts(
+                parts=parts, n_obs=self.shape[0], obs_names=self.obs_names, pairs=self.pairs, folder=str(folder),
+                n_pairs=self.n_pairs, min_expr=self.min_expr, cutoff=pval_adj_cutoff, lrfeatures=self.lrfeatures,
+                params=params, background_pairs=self.background_pairs)
         coo = self.counts.tocoo()
         p = np.maximum(coo.data, 1) / float(self.n_pairs)
         if correct_axis == "spot":
             padj = adjust_grouped(p, coo.row, adj_method)
         elif correct_axis == "LR":
             padj = adjust_grouped(p, coo.col, adj_method)
-        elif correct_axis is None:
-            padj = p.copy()
         else:
-            raise ValueError(f"correct_axis must be 'spot', 'LR' or None, got {correct_axis!r}")
+            padj = p.copy()
         sc = self.scores.tocoo()
         assert np.array_equal(sc.row, coo.row) and np.array_equal(sc.col, coo.col)
         return CCIResult.from_entries(
             n_obs=self.scores.shape[0], obs_names=self.obs_names, pairs=self.pairs, rows=coo.row, pair=coo.col,
             score=sc.data, count=coo.data, padj=padj, n_pairs=self.n_pairs, min_expr=self.min_expr,
-            cutoff=pval_adj_cutoff, lrfeatures=self.lrfeatures,
-            params={**self.params, "correct_axis": correct_axis, "adj_method": adj_method,
-                    "pval_adj_cutoff": float(pval_adj_cutoff)},
-            background_pairs=self.background_pairs)
+            cutoff=pval_adj_cutoff, lrfeatures=self.lrfeatures, params=params, background_pairs=self.background_pairs)
 
     # ---- storage -----------------------------------------------------------------------------------------
     def store(self, ds) -> None:
