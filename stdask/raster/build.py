@@ -7,7 +7,8 @@ slice first. Because the z-score is affine, the mean of z-scored vectors equals 
 so a single streaming pass suffices: rows arrive in any chunks and any order, and the result depends only
 on which observations sit on which pixel.
 
-Memory: the (B, C, H, W) float64 sums (8 bytes per pixel and channel), never the observations.
+Memory: the (B, C, H, W) float64 sums (8 bytes per pixel and channel), never the observations; finishing
+adds the float32 image (4 bytes per pixel and channel).
 """
 from __future__ import annotations
 
@@ -106,19 +107,21 @@ class RasterBuilder:
         if not self._seen.all():
             raise ValueError(f"{int((~self._seen).sum())} observations were neither added nor skipped")
         B, H, W = self.grid.shape
-        occ = self._count > 0
-        img = np.zeros_like(self._sums)
-        img[:, occ] = self._sums[:, occ] / self._count[occ]
-        if zscore:
-            mean, std = self.slice_stats()
-            img = img.reshape(self.C, B, H * W)
-            occ3 = occ.reshape(B, H * W)
+        occ = (self._count > 0).reshape(B, H * W)
+        count = self._count.reshape(B, H * W)
+        mean, std = self.slice_stats() if zscore else (None, None)
+        # one channel of one slice at a time, straight into the float32 image: the float64 temporaries are a
+        # channel's occupied pixels, not (C, B, H, W) copies of the sums (4 of them, ~5 GB at 10^7 pixels)
+        image = np.zeros((B, self.C, H, W), dtype=np.float32)
+        for c in range(self.C):
+            sums = self._sums[c].reshape(B, H * W)
             for b in range(B):
-                sel = occ3[b]
-                img[:, b, sel] = (img[:, b, sel] - mean[b][:, None]) / std[b][:, None]
-            img = img.reshape(self.C, B * H * W)
-        image = img.reshape(self.C, B, H, W).transpose(1, 0, 2, 3).astype(np.float32)
-        return np.ascontiguousarray(image), self._count.reshape(B, H, W).astype(np.int32)
+                sel = occ[b]
+                v = sums[b, sel] / count[b, sel]
+                if zscore:
+                    v = (v - mean[b, c]) / std[b, c]
+                image[b, c].reshape(H * W)[sel] = v
+        return image, self._count.reshape(B, H, W).astype(np.int32)
 
 
 def rasterize(values: np.ndarray, grid: PixelGrid, zscore: bool = False) -> tuple[np.ndarray, np.ndarray]:
