@@ -14,10 +14,11 @@ import sys
 _LIBC = None
 
 
-def release_memory() -> None:
-    """Collect garbage and return free heap memory to the OS where the C library allows it (glibc)."""
+def trim_heap() -> None:
+    """Return free heap pages to the OS (glibc ``malloc_trim(0)``); a no-op elsewhere. Cheap enough (about a
+    millisecond) to call once per training iteration: torch's per-iteration buffers otherwise leave the heap
+    fragmented, and the resident size grows by megabytes per iteration."""
     global _LIBC
-    gc.collect()
     if not sys.platform.startswith("linux"):
         return
     if _LIBC is None:
@@ -28,3 +29,9 @@ def release_memory() -> None:
     trim = getattr(_LIBC, "malloc_trim", None) if _LIBC else None
     if trim is not None:
         trim(0)
+
+
+def release_memory() -> None:
+    """Collect garbage and return free heap memory to the OS where the C library allows it (glibc)."""
+    gc.collect()
+    trim_heap()

@@ -140,6 +140,15 @@ def test_builder_zscores_per_slice_and_ignores_chunking():
     np.testing.assert_array_equal(count2, count)
     with pytest.raises(ValueError, match="twice"):
         b.add(perm[:1], vals[perm[:1]])
+    # a builder reading the values from a source array (no per-channel sums held): the same image, bit for bit
+    bs = RasterBuilder(g, 5, source=vals)
+    for part in np.array_split(perm, 7):
+        bs.add(part)
+    img_s, count_s = bs.finish(zscore=True)
+    assert np.array_equal(img_s.view(np.uint32), img2.view(np.uint32)) and np.array_equal(count_s, count2)
+    assert bs._sums is None
+    with pytest.raises(ValueError, match="source"):
+        bs.add(perm[:1], vals[perm[:1]])
     b3 = RasterBuilder(g, 5)
     b3.add(np.arange(10), vals[:10])
     with pytest.raises(ValueError, match="neither added nor skipped"):

@@ -8,7 +8,9 @@ so a single streaming pass suffices: rows arrive in any chunks and any order, an
 on which observations sit on which pixel.
 
 Memory: the (B, C, H, W) float64 sums (8 bytes per pixel and channel), never the observations; finishing
-adds the float32 image (4 bytes per pixel and channel).
+adds the float32 image (4 bytes per pixel and channel). A builder given the observations' values as a
+``source`` array (which the caller keeps anyway) holds no sums: it records which rows each ``add`` brought and
+makes each channel's sums in ``finish``, replaying the additions in their order (the same floating-point sums).
 """
 from __future__ import annotations
 
@@ -26,20 +28,29 @@ class RasterBuilder:
         Pixel of every observation (observation order = the order of ``grid.row``).
     n_channels
         Feature vector length C.
+    source
+        Optional (n_obs, C) array of every observation's values (float32 or float64, in the grid's order):
+        :meth:`add` then takes rows only and no (C, B, H, W) sums are held.
     """
 
-    def __init__(self, grid: PixelGrid, n_channels: int) -> None:
+    def __init__(self, grid: PixelGrid, n_channels: int, source: np.ndarray | None = None) -> None:
         self.grid = grid
         self.C = int(n_channels)
         B, H, W = grid.shape
-        self._sums = np.zeros((self.C, B * H * W), dtype=np.float64)
+        if source is not None and source.shape != (grid.n_obs, self.C):
+            raise ValueError(f"source must be (n_obs, C) = {(grid.n_obs, self.C)}, got {source.shape}")
+        self._source = source
+        # with a source, the sums are made one channel at a time by finish(), replaying the additions in
+        # their order (the same floating-point sums): 8 bytes per pixel instead of 8 per pixel and channel
+        self._added: list[np.ndarray] = []
+        self._sums = np.zeros((self.C, B * H * W), dtype=np.float64) if source is None else None
         self._count = np.zeros(B * H * W, dtype=np.int64)
         self._m1 = np.zeros((B, self.C))
         self._m2 = np.zeros((B, self.C))
         self._n = np.zeros(B, dtype=np.int64)
         self._seen = np.zeros(grid.n_obs, dtype=bool)
 
-    def add(self, rows: np.ndarray, values: np.ndarray) -> None:
+    def add(self, rows: np.ndarray, values: np.ndarray | None = None) -> None:
         """Add observations.
 
         Parameters
@@ -47,10 +58,12 @@ class RasterBuilder:
         rows
             (k,) int positions of the observations (into the grid's observation order).
         values
-            (k, C) feature vectors.
+            (k, C) feature vectors; with a ``source``, ``None`` (read as ``source[rows]`` when needed).
         """
         rows = np.asarray(rows, dtype=np.int64)
-        values = np.asarray(values, dtype=np.float64)
+        if (values is None) != (self._source is not None):
+            raise ValueError("give values, or make the builder with a source and give rows only")
+        values = np.asarray(self._source[rows] if values is None else values, dtype=np.float64)
         if values.shape != (len(rows), self.C):
             raise ValueError(f"values must be ({len(rows)}, {self.C}), got {values.shape}")
         if self._seen[rows].any():
@@ -59,14 +72,28 @@ class RasterBuilder:
         pix = self.grid.pixel[rows]
         size = self._count.size
         self._count += np.bincount(pix, minlength=size)
-        for c in range(self.C):
-            self._sums[c] += np.bincount(pix, weights=values[:, c], minlength=size)
+        if self._sums is not None:
+            for c in range(self.C):
+                self._sums[c] += np.bincount(pix, weights=values[:, c], minlength=size)
+        else:
+            self._added.append(rows)
         sl = self.grid.slice[rows]
         for b in np.unique(sl):
             v = values[sl == b]
             self._n[b] += len(v)
             self._m1[b] += v.sum(axis=0)
             self._m2[b] += (v * v).sum(axis=0)
+
+    def _channel_sums(self, c: int) -> np.ndarray:
+        """(B * H * W,) float64 sums of channel ``c`` per pixel."""
+        if self._sums is not None:
+            return self._sums[c]
+        size = self._count.size
+        pixel = self.grid.pixel
+        out = np.zeros(size, dtype=np.float64)
+        for rows in self._added:
+            out += np.bincount(pixel[rows], weights=self._source[rows, c].astype(np.float64), minlength=size)
+        return out
 
     def skip(self, rows: np.ndarray) -> None:
         """Mark observations as deliberately left out of the raster (e.g. filtered cells)."""
@@ -114,7 +141,7 @@ class RasterBuilder:
         # channel's occupied pixels, not (C, B, H, W) copies of the sums (4 of them, ~5 GB at 10^7 pixels)
         image = np.zeros((B, self.C, H, W), dtype=np.float32)
         for c in range(self.C):
-            sums = self._sums[c].reshape(B, H * W)
+            sums = self._channel_sums(c).reshape(B, H * W)
             for b in range(B):
                 sel = occ[b]
                 v = sums[b, sel] / count[b, sel]

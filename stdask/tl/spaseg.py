@@ -34,6 +34,7 @@ import scipy.sparse as sp
 
 from .. import blocks
 from ..dataset import SpatialDataset
+from ..memory import release_memory
 from ..results import writes_results
 from ..raster.build import RasterBuilder, sample_pixels
 from ..raster.grid import PixelGrid, dataset_grid
@@ -239,19 +240,18 @@ def _obsm(ds: SpatialDataset, key: str) -> np.ndarray | da.Array:
 
 def _stream_into(builder: RasterBuilder, arr, offset: int, keep: np.ndarray, out: np.ndarray, batch: int = 8,
                  progress: bool = True) -> None:
-    """Compute a (n_k, C) array block by block; add kept rows to the raster and copy all rows to ``out``."""
+    """Compute a (n_k, C) array block by block into ``out`` (rows ``offset:`` of the builder's source) and add
+    its kept rows to the raster."""
     if not isinstance(arr, da.Array):
-        arr = np.asarray(arr, dtype=np.float32)
-        out[:] = arr
-        builder.add(np.flatnonzero(keep) + offset, arr[keep])
+        out[:] = np.asarray(arr, dtype=np.float32)
+        builder.add(np.flatnonzero(keep) + offset)
         builder.skip(np.flatnonzero(~keep) + offset)
         return
     for r0, b in blocks.iter_blocks(arr, batch=batch, progress=progress, desc="spaseg: PCs -> raster"):
-        b = np.asarray(b, dtype=np.float32)
         n = len(b)
-        out[r0:r0 + n] = b
+        out[r0:r0 + n] = np.asarray(b, dtype=np.float32)
         sel = keep[r0:r0 + n]
-        builder.add(np.flatnonzero(sel) + r0 + offset, b[sel])
+        builder.add(np.flatnonzero(sel) + r0 + offset)
         builder.skip(np.flatnonzero(~sel) + r0 + offset)
 
 
@@ -356,6 +356,7 @@ def spaseg(
     feats, kept, n_pcs, pre_info = _features(datasets, use_rep, n_pcs, min_cells, drop_cell_ratio, layer, progress)
     grid = dataset_grid(datasets, pitch=pitch, scale=scale, use_array=use_array)
     image, count, pcs_np = _pca_image(grid, datasets, feats, kept, n_pcs, progress)
+    release_memory()  # the raster's temporaries: freed heap pages back before training
     fit = train(image, count > 0, cfg, mode=mode, device=device, tile=tile, batch_pixels=batch_pixels,
                 max_pixels=max_pixels, threads=threads, progress=progress)
     present, codes, emb = _read_pixels(fit, grid)
@@ -392,11 +393,13 @@ def _pca_image(grid: PixelGrid, datasets: list[SpatialDataset], feats: list, kep
                progress: bool) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """The z-scored (B, C, H, W) float32 image of the kept observations' features, the (B, H, W) int32
     observations per pixel, and every observation's features as (n_k, n_pcs) float32 arrays."""
-    builder = RasterBuilder(grid, n_pcs)
+    # every observation's features in one array, which the builder reads back (it holds no per-channel sums)
+    source = np.empty((sum(d.n_obs for d in datasets), n_pcs), dtype=np.float32)
+    builder = RasterBuilder(grid, n_pcs, source=source)
     pcs_np = []
     off = 0
     for d, f, k in zip(datasets, feats, kept):
-        out = np.empty((d.n_obs, n_pcs), dtype=np.float32)
+        out = source[off:off + d.n_obs]
         _stream_into(builder, f, off, k, out, progress=progress)
         pcs_np.append(out)
         off += d.n_obs
@@ -410,7 +413,7 @@ def _read_pixels(fit, grid: PixelGrid) -> tuple[np.ndarray, np.ndarray, np.ndarr
     raw = sample_pixels(fit.labels, grid)
     present = np.unique(raw)
     codes = np.searchsorted(present, raw)
-    return present, codes, sample_pixels(fit.embedding, grid).astype(np.float32)
+    return present, codes, sample_pixels(fit.embedding, grid).astype(np.float32, copy=False)
 
 
 def _run_info(fit, cfg, grid: PixelGrid, present: np.ndarray, pre_info: dict, *, seed: int, min_label: int,

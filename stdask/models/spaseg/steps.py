@@ -1,6 +1,7 @@
 """Pieces shared by the full-image and the tiled training loops."""
 from __future__ import annotations
 
+from ...memory import trim_heap
 from .config import SpaSEGConfig, _torch
 
 
@@ -18,6 +19,9 @@ def _step(opt, loss, hist: dict, n_labels: int, bar) -> None:
     label count in ``hist`` and on the progress bar."""
     loss.backward()
     opt.step()
+    # each iteration's buffers leave glibc's heap fragmented: without this the resident size grows by ~6 MB
+    # per iteration on a 10^7-pixel frame (+1.7 GB over a run)
+    trim_heap()
     hist["loss"].append(float(loss.detach()))
     hist["n_labels"].append(n_labels)
     bar.update(1)
