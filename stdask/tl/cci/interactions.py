@@ -392,17 +392,16 @@ def _permutation_counts(edges: Edges | EdgeInputs, cells: _Cells, lrs: np.ndarra
                         caller: str = "run_cci") -> tuple[np.ndarray, np.ndarray, int]:
     """(n_tested, T, T) observed counts M and #{k : M^k >= M}, in LR batches (dask tasks), and the number of
     qualifying edges; ``caller`` names the progress bar."""
-    from ...cluster import compute
+    from ...cluster import compute, share
 
     T = len(cells.types)
     keys = np.array([[int(seed), name_key(name)] for name in lrs], dtype=np.uint64).reshape(-1, 2)
     n_e, n_k = edges.costs()
     cost = (n_perms + 1) * (n_e + n_k * (1 if cells.columns is None else T)) + 1.0
     batches = _batches(cost, lrs_per_task, n_e)
-    shared_d = dask.delayed(cells.shared, pure=True)
+    # the inputs grow with the slice (the edge inputs: ~100 bytes a spot): placed once, referenced by the tasks
+    shared_d, source, keys_d = share(cells.shared, edges, keys, scheduler=scheduler)
     task = dask.delayed(_batch_task, pure=True)
-    source = dask.delayed(edges, pure=True, traverse=False)
-    keys_d = dask.delayed(keys, pure=True)
     tasks = [task(shared_d, a, b, source, keys_d, n_perms, cells.columns, settings.backend) for a, b in batches]
     out = compute(*tasks, scheduler=scheduler, progress=progress, desc=f"{caller}: {n_perms} permutations")
     raw = np.concatenate([o[0] for o in out]).reshape(len(lrs), T, T)
