@@ -69,7 +69,7 @@ def _block_task(score, count, start: int, folder: str, n_lr: int, n_pairs: int, 
                 correct_axis: str | None, method: str, table) -> dict:
     """Re-correct one row block, write its part, return its row range, entries and ``lr_summary`` counts."""
     rows, cols, sc, cnt = _entries(score, count)
-    n = int(sp.csr_matrix(count).shape[0])
+    n = int(count.shape[0])
     p = np.maximum(cnt, 1) / float(n_pairs)
     if correct_axis == "spot":
         padj = adjust_grouped(p, rows, method)
